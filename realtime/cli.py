@@ -1,0 +1,271 @@
+"""The ``eri`` command (DESIGN.md, "The `eri` command")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("eri")
+
+EXIT_USER_ERROR = 1
+EXIT_NOT_IMPLEMENTED = 2
+
+
+class UserError(Exception):
+    """A failure the user caused and can fix; its message is one sentence saying how."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception classes whose message is shown as-is, without a traceback."""
+    from models.bundle import BundleError
+    from models.weights import WeightsError
+
+    types: list[type[BaseException]] = [UserError, BundleError, WeightsError]
+    for module, name in (
+        ("models.audio", "AudioDecodeError"),
+        ("realtime.sources", "SourceError"),
+        ("realtime.pipeline", "PipelineError"),
+    ):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+# --------------------------------------------------------------------------- info / models
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect_info() -> dict[str, Any]:
+    """Versions, cameras, microphones, GPUs and backends, as a JSON-able dict."""
+    from realtime.backends import available_backends
+
+    dists = ["eri-live", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+             "mediapipe", "opencv-contrib-python", "opencv-python", "av", "numpy",
+             "sounddevice", "PySide6-Essentials", "PySide6", "pyqtgraph"]
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": {d: v for d in dists if (v := _version(d)) is not None},
+    }
+    import torch
+
+    info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    info["backends"] = available_backends()
+    try:
+        from realtime.sources import list_cameras, list_microphones, microphone_status
+
+        ok, why = microphone_status()
+        info["microphone_support"] = {"available": ok, "note": why}
+        info["microphones"] = list_microphones() if ok else []
+        info["cameras"] = list_cameras()
+    except ImportError as exc:  # capture layer missing from a partial install
+        info["capture"] = f"unavailable: {exc}"
+    return info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"ERI Live {info['versions'].get('eri-live', '?')} on Python {info['python']}, "
+          f"{info['platform']}, {info['cpu_count']} CPUs")
+    print("Versions:")
+    for name, ver in info["versions"].items():
+        print(f"  {name:24s} {ver}")
+    print("GPUs:        " + (", ".join(info["gpus"]) or "none (CUDA not available)"))
+    print("Backends:")
+    for name, status in info["backends"].items():
+        print(f"  {name:12s} {status}")
+    if "microphone_support" in info:
+        mic = info["microphone_support"]
+        print("Microphones: " + (", ".join(info["microphones"]) or
+                                 ("none found" if mic["available"] else mic["note"])))
+        cams = info["cameras"]
+        print("Cameras:     " + (", ".join(str(c) for c in cams) or "none found"))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from models.registry import DEFAULT_ARCH, get_model_class, list_models
+
+    for name in list_models():
+        cls = get_model_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        default = " (default)" if name == DEFAULT_ARCH else ""
+        audio = "visual+audio" if cls.default_audio is not None else "visual"
+        print(f"{name:12s} {audio:13s} {doc}{default}")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from models.bundle import load_bundle, record_export
+    from models.export import FP32_TOLERANCE, compare_onnx, export_format, export_onnx
+
+    fmt = export_format(args.format)
+    if not fmt.available:
+        return not_implemented(f"export --format {fmt.name}")
+    bundle = load_bundle(args.bundle)
+    out_dir = Path(args.out) if args.out else bundle.path
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".eri-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"Cannot write to {out_dir} ({exc.strerror}); pass a writable --out.")
+    paths = export_onnx(bundle.model, out_dir)
+    for graph, path in paths.items():
+        log.info("wrote %s", path)
+        if out_dir == bundle.path:
+            record_export(bundle.path, path.name, {"file": path.name, "format": fmt.name,
+                                                   "precision": fmt.precision, "graph": graph})
+    if args.check:
+        diffs = compare_onnx(bundle.model, paths)
+        worst = max(diffs.values())
+        for name, diff in diffs.items():
+            print(f"{name}: max |onnxruntime - torch| = {diff:.3e}")
+        if worst > FP32_TOLERANCE:
+            raise UserError(f"ONNX Runtime differs from torch by {worst:.3e} > {FP32_TOLERANCE}; "
+                            "the export is not faithful, report this with the bundle.")
+        print(f"OK: within {FP32_TOLERANCE:g}")
+    return 0
+
+
+# --------------------------------------------------------------------------- not yet
+def not_implemented(what: str) -> int:
+    log.error("`eri %s` is not implemented yet in this version of ERI Live.", what)
+    return EXIT_NOT_IMPLEMENTED
+
+
+def _stub(name: str) -> Callable[[argparse.Namespace], int]:
+    return lambda args: not_implemented(name)
+
+
+# --------------------------------------------------------------------------- parser
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model bundle directory (default: untrained dual_branch)")
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eri", description="ERI Live: real-time Emotional Reaction Intensity.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, cameras, microphones, GPUs, backends")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="registered architectures")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("view", help="live viewer window")
+    p.add_argument("--source", default="0")
+    p.add_argument("--mic", default=None)
+    _add_model_args(p)
+    p.add_argument("--record")
+    p.add_argument("--exit-after", type=float)
+    p.add_argument("--screenshot")
+    p.set_defaults(func=_stub("view"))
+
+    p = sub.add_parser("record", help="record a session without a window")
+    p.add_argument("--out", required=True)
+    p.add_argument("--source", default="0")
+    p.add_argument("--mic", default=None)
+    p.add_argument("--duration", type=float)
+    _add_model_args(p)
+    p.set_defaults(func=_stub("record"))
+
+    p = sub.add_parser("analyze", help="run the pipeline over a video or audio file")
+    p.add_argument("media")
+    _add_model_args(p)
+    p.add_argument("--out", help="CSV of per-frame intensities")
+    p.add_argument("--plot", help="PNG of the seven curves")
+    p.add_argument("--json", help="JSON summary")
+    p.add_argument("--mode", default="streaming", choices=["streaming", "recompute"])
+    p.set_defaults(func=_stub("analyze"))
+
+    p = sub.add_parser("train", help="train a model")
+    p.add_argument("--data", required=True)
+    p.add_argument("--arch", default="dual_branch")
+    p.add_argument("--config")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--out")
+    p.add_argument("--folds", type=int)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_stub("train"))
+
+    p = sub.add_parser("evaluate", help="evaluate a bundle on a dataset")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split")
+    p.set_defaults(func=_stub("evaluate"))
+
+    from models.export import EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="export a bundle to ONNX or TensorRT")
+    p.add_argument("bundle")
+    p.add_argument("--format", default="onnx", choices=[f.name for f in EXPORT_FORMATS])
+    p.add_argument("--calib")
+    p.add_argument("--out", help="output directory (default: the bundle itself)")
+    p.add_argument("--check", action="store_true",
+                   help="compare ONNX Runtime with torch and print the largest difference")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("calibrate", help="INT8 calibration")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_stub("calibrate"))
+
+    p = sub.add_parser("benchmark", help="measure per-stage latency and FPS")
+    p.add_argument("--model")
+    p.add_argument("--source", default="synthetic")
+    p.add_argument("--backends", default="torch,onnxruntime")
+    p.add_argument("--precisions", default="fp32")
+    p.add_argument("--mode", default="streaming,recompute")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--json")
+    p.set_defaults(func=_stub("benchmark"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except _user_error_types() as exc:
+        log.error("error: %s", exc)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
