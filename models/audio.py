@@ -225,7 +225,12 @@ def frame_end_times(n_frames: int, spec: AudioSpec, start_s: float = 0.0) -> np.
 
     ``start_s + (k * hop + n_fft) / sample_rate``: the time just after its last sample.
     """
-    k = np.arange(n_frames, dtype=np.float64)
+    return _end_times(0, n_frames, spec, start_s)
+
+
+def _end_times(first: int, n_frames: int, spec: AudioSpec, start_s: float) -> np.ndarray:
+    """End times of frames ``first .. first + n_frames - 1`` (one formula for clip and stream)."""
+    k = np.arange(first, first + n_frames, dtype=np.float64)
     return start_s + (k * spec.hop_length + spec.n_fft) / spec.sample_rate
 
 
@@ -363,10 +368,7 @@ class StreamingFrontEnd:
             new = feature_frames(data[first:], spec)
         n_new = new.shape[0]
         if n_new:
-            ends = frame_end_times(n_new, spec) + (
-                self.start_s + self.frames_computed * spec.hop_length / spec.sample_rate
-            )
-            self._store(new, ends)
+            self._store(new, _end_times(self.frames_computed, n_new, spec, self.start_s))
             self.frames_computed += n_new
         keep_from = self.frames_computed * spec.hop_length - data_start
         self._tail = data[max(0, keep_from) :].copy()
@@ -433,9 +435,10 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
                 chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
     except av.FFmpegError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise AudioDecodeError(
-            f"Cannot decode audio from {path} ({exc}); the file is corrupt or not a media "
-            "file: re-export or re-record it."
+            f"Cannot decode audio from {path} ({reason}): the file is corrupt, truncated or not "
+            "a media file; re-export or re-record it."
         ) from exc
     if not chunks:
         raise AudioDecodeError(

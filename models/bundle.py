@@ -111,9 +111,15 @@ def bundle_meta(
     }
 
 
+UNTRAINED_SEED = 0
+
+
 def untrained_bundle(arch: str = DEFAULT_ARCH, **config: Any) -> Bundle:
-    """A freshly initialised model of ``arch``, flagged ``"trained": false`` everywhere."""
-    model = create_model(arch, **config).eval()
+    """A model of ``arch`` initialised from a fixed seed (the same numbers on every run and
+    machine), flagged ``"trained": false`` everywhere."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(UNTRAINED_SEED)
+        model = create_model(arch, **config).eval()
     bundle = Bundle(model=model, meta=bundle_meta(model, trained=False))
     bundle.notes.append(
         f"UNTRAINED MODEL: no --model given, running a randomly initialised {arch}; "

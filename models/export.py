@@ -76,20 +76,33 @@ class FrameEncoderGraph(nn.Module):
 
 
 class HeadGraph(nn.Module):
-    """visual [B, T, D] (+ audio tokens [B, T, F], audio_present [B]), visual_present [B]
+    """visual [B, T, D], audio tokens [B, T, F], audio_present [B], visual_present [B]
     -> intensities [B, 7]. Includes ``encode_audio`` so the head file takes raw tokens."""
 
     def __init__(self, model: StreamingModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, visual: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        if self.model.has_audio:
-            audio_tokens, audio_present, visual_present = rest
-            audio = self.model.encode_audio(audio_tokens)
-            return self.model.head(visual, audio, audio_present, visual_present)
-        (visual_present,) = rest
+    def forward(self, visual: torch.Tensor, audio_tokens: torch.Tensor,
+                audio_present: torch.Tensor, visual_present: torch.Tensor) -> torch.Tensor:
+        audio = self.model.encode_audio(audio_tokens)
+        return self.model.head(visual, audio, audio_present, visual_present)
+
+
+class VisualHeadGraph(nn.Module):
+    """visual [B, T, D], visual_present [B] -> intensities [B, 7] (no audio branch)."""
+
+    def __init__(self, model: StreamingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, visual: torch.Tensor, visual_present: torch.Tensor) -> torch.Tensor:
         return self.model.head(visual, None, None, visual_present)
+
+
+def head_graph(model: StreamingModel) -> nn.Module:
+    """The head as exported: inputs in the order of :func:`head_input_names`."""
+    return HeadGraph(model) if model.has_audio else VisualHeadGraph(model)
 
 
 def head_input_names(model: StreamingModel) -> list[str]:
@@ -157,7 +170,7 @@ def export_onnx(model: StreamingModel, out_dir: str | Path, *, batch: int = 2) -
         _export_graph(FrameEncoderGraph(model), (example[FACES],), [FACES], FEATURES,
                       paths["frame_encoder"], onnx_metadata(model, "frame_encoder"))
         names = head_input_names(model)
-        _export_graph(HeadGraph(model), tuple(example[n] for n in names), names, INTENSITIES,
+        _export_graph(head_graph(model), tuple(example[n] for n in names), names, INTENSITIES,
                       paths["head"], onnx_metadata(model, "head"))
     log.info("Exported %s to %s", model.arch_name, out_dir)
     return paths
@@ -186,7 +199,7 @@ def compare_onnx(
     with torch.no_grad():
         ref_features = FrameEncoderGraph(model)(t[FACES]).numpy()
         names = head_input_names(model)
-        ref_head = HeadGraph(model)(*(t[n] for n in names)).numpy()
+        ref_head = head_graph(model)(*(t[n] for n in names)).numpy()
     enc = ort_session(paths["frame_encoder"]).run([FEATURES], {FACES: inputs[FACES]})[0]
     head = ort_session(paths["head"]).run([INTENSITIES], {n: inputs[n] for n in names})[0]
     diffs[f"frame_encoder.{FEATURES}"] = float(np.abs(enc - ref_features).max())

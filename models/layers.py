@@ -330,23 +330,86 @@ class TemporalConvNet(nn.Module):
         return y.transpose(1, 2)
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out in plain ops (batch_first).
+
+    Parameters are named exactly like ``nn.MultiheadAttention`` (``in_proj_weight``,
+    ``in_proj_bias``, ``out_proj``), so state dicts are interchangeable. Unlike
+    ``nn.MultiheadAttention`` it has no inference fast path (``_native_multi_head_attention``),
+    which the ONNX exporter cannot handle, so train, eval and ONNX run the same math.
+    [B, L, d] -> [B, L, d].
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}).")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.attn_drop = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, L, 3d]
+        qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, h, L, dh]
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim**-0.5)
+        attn = self.attn_drop(torch.softmax(scores, dim=-1))
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d)
+        return self.out_proj(out)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm Transformer encoder layer (GELU); same parameter names as
+    ``nn.TransformerEncoderLayer(norm_first=True)``. [B, L, d] -> [B, L, d]."""
+
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, num_heads, dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout1(self.self_attn(self.norm1(x)))
+        ff = self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x)))))
+        return x + self.dropout2(ff)
+
+
+class TransformerEncoder(nn.Module):
+    """Stack of pre-norm layers plus a final LayerNorm; state-dict compatible with
+    ``nn.TransformerEncoder(nn.TransformerEncoderLayer(..., batch_first=True, norm_first=True,
+    activation="gelu"), num_layers, norm=nn.LayerNorm(d))``. [B, L, d] -> [B, L, d]."""
+
+    def __init__(
+        self, d_model: int, num_layers: int, num_heads: int, dim_feedforward: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, num_heads, dim_feedforward, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
 def transformer_encoder(
     d_model: int, num_layers: int, num_heads: int, dim_feedforward: int, dropout: float
-) -> nn.TransformerEncoder:
-    """Pre-norm ``nn.TransformerEncoder`` (batch_first, GELU) with a final LayerNorm and no
-    nested-tensor conversion (every input is a dense, unpadded window). [B, L, d] -> [B, L, d]."""
-    layer = nn.TransformerEncoderLayer(
-        d_model,
-        num_heads,
-        dim_feedforward=dim_feedforward,
-        dropout=dropout,
-        activation="gelu",
-        batch_first=True,
-        norm_first=True,
-    )
-    return nn.TransformerEncoder(
-        layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
-    )
+) -> TransformerEncoder:
+    """The pre-norm Transformer encoder used by the architectures. [B, L, d] -> [B, L, d]."""
+    return TransformerEncoder(d_model, num_layers, num_heads, dim_feedforward, dropout)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

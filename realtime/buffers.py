@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -257,13 +256,8 @@ class BoundedQueue(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until an item is queued or the queue is closed; True if an item is queued."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._items and not self._closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            self._cond.wait_for(lambda: self._items or self._closed, timeout)
             return bool(self._items)
 
     def close(self) -> None:

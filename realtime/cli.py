@@ -33,6 +33,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         ("models.audio", "AudioDecodeError"),
         ("realtime.sources", "SourceError"),
         ("realtime.pipeline", "PipelineError"),
+        ("realtime.backends", "BackendError"),
+        ("realtime.outputs", "OutputWriteError"),
     ):
         try:
             types.append(getattr(__import__(module, fromlist=[name]), name))
@@ -148,6 +150,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- analyze
+def _load_model(args: argparse.Namespace):
+    """The bundle and backend the user asked for; an untrained model is announced loudly."""
+    from models.bundle import load_bundle
+    from realtime.backends import create_backend
+
+    bundle = load_bundle(getattr(args, "model", None))
+    for note in bundle.notes:
+        log.warning("%s", note)
+    backend = create_backend(bundle, args.backend, args.precision)
+    log.info("Model %s on %s", bundle.name, backend.describe())
+    return bundle, backend
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from realtime.analyze import analyze
+
+    media = Path(args.media)
+    if not media.exists():
+        raise UserError(f"{media} does not exist; pass a video, audio file or session folder.")
+    bundle, backend = _load_model(args)
+    result = analyze(media, bundle, backend, mode=args.mode, csv_path=args.out,
+                     plot_path=args.plot, json_path=args.json,
+                     progress=not args.no_progress)
+    s = result.summary
+    log.info("%d rows in %.1f s (%.1f frames/s); face on %.1f%%, audio on %.1f%% of rows%s",
+             s["rows"], s["wall_s"], s["fps"] or 0.0, 100 * s["face_detected_fraction"],
+             100 * s["audio_present_fraction"],
+             "" if s["has_audio"] else f" ({s['audio_note'] or 'no audio'})")
+    for what, path in (("CSV", args.out), ("plot", args.plot), ("JSON", args.json)):
+        if path:
+            log.info("wrote %s %s", what, path)
+    if not args.out and not args.plot and not args.json:
+        means = ", ".join(f"{k} {v['mean']:.3f}" for k, v in s["emotions"].items() if v)
+        print(f"mean intensities: {means}")
+    return 0
+
+
 # --------------------------------------------------------------------------- not yet
 def not_implemented(what: str) -> int:
     log.error("`eri %s` is not implemented yet in this version of ERI Live.", what)
@@ -203,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of the seven curves")
     p.add_argument("--json", help="JSON summary")
     p.add_argument("--mode", default="streaming", choices=["streaming", "recompute"])
-    p.set_defaults(func=_stub("analyze"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("train", help="train a model")
     p.add_argument("--data", required=True)

@@ -1,0 +1,191 @@
+"""``dual_branch``: the USTC dual-branch ERI system (Yu et al., ABAW5 2nd place), streaming.
+
+Per frame (``encode_frames``)::
+
+    face [3, 112, 112] -> ImageNet normalisation -> ResNet18 conv1..layer3 -> [256, 7, 7]
+    -> 49 tokens + learned spatial position embedding [49, 256]
+    -> spatial Transformer encoder (4 blocks, 4 heads, d=256, pre-norm)
+    -> attention pooling over the 49 tokens -> [256]                                (D = 256)
+
+Per audio token (``encode_audio``): the raw 1024-d stacked MFCC token -> LayerNorm(1024) (A=1024).
+
+Per window (``head``), for each branch (visual [B, T, 256], audio [B, T, 1024])::
+
+    causal dilated TCN (1x1 projection to 128, kernel 3, dilations 1, 2, 4, 8, 16, residual)
+    -> + learned temporal position embedding [T, 128]
+    -> temporal Transformer encoder (2 layers, 4 heads, d=128, pre-norm)            [B, T, 128]
+
+then modality-dropout fusion: each branch's output is multiplied by a keep mask [B] (training:
+both kept with ``p_both``, else video alone with ``p_video``, else audio alone; always: the
+presence flags, and audio ``None`` == a zeroed audio branch), concatenated [B, T, 256] ->
+LayerNorm -> attention aggregation over T -> Linear(256, 7) -> sigmoid.
+
+A missing modality at inference is therefore exactly the input the training-time dropout
+produced: a zero branch output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.audio import AudioSpec
+from models.base import StreamingModel, modality_dropout_masks, presence
+from models.layers import AttentionPool, TemporalConvNet, resnet18, transformer_encoder
+from models.registry import register_model
+from models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
+
+
+def _resnet_grid(size: int, num_stages: int) -> int:
+    """Side of a ResNet feature map for a ``size`` x ``size`` input after ``num_stages``."""
+    side = size
+    for _ in range(2 + max(num_stages - 1, 0)):  # conv1, maxpool, then one /2 per later stage
+        side = -(-side // 2)
+    return side
+
+
+class TemporalBranch(nn.Module):
+    """One modality's temporal encoder: TCN -> + position embedding -> Transformer.
+
+    [B, T, C_in] -> [B, T, d]. Windows shorter than ``max_len`` use the first T embeddings.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        d: int,
+        max_len: int,
+        *,
+        tcn_kernel: int,
+        tcn_levels: int,
+        layers: int,
+        heads: int,
+        ff: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.tcn = TemporalConvNet(
+            in_dim,
+            d,
+            kernel_size=tcn_kernel,
+            dilations=tuple(2**i for i in range(tcn_levels)),
+            dropout=dropout,
+        )
+        self.pos = nn.Parameter(torch.zeros(1, max_len, d))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.encoder = transformer_encoder(d, layers, heads, ff, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C_in] -> [B, T, d]."""
+        y = self.tcn(x)
+        y = y + self.pos[:, : y.shape[1]]
+        return self.encoder(y)
+
+
+@register_model
+class DualBranch(StreamingModel):
+    """Dual-branch (visual + MFCC audio) ERI model with modality-dropout fusion."""
+
+    arch_name = "dual_branch"
+    default_audio = AudioSpec()  # 128 MFCC x 8 frames = 1024-d tokens
+    feature_dim = 256
+
+    def __init__(
+        self,
+        *,
+        window: WindowSpec,
+        crop: CropSpec,
+        audio: AudioSpec | None,
+        spatial_layers: int = 4,
+        spatial_heads: int = 4,
+        spatial_ff: int = 1024,
+        spatial_dropout: float = 0.1,
+        temporal_dim: int = 128,
+        tcn_kernel: int = 3,
+        tcn_levels: int = 5,
+        temporal_layers: int = 2,
+        temporal_heads: int = 4,
+        temporal_ff: int = 512,
+        dropout: float = 0.1,
+        p_both: float = 0.9,
+        p_video: float = 0.5,
+    ) -> None:
+        super().__init__(window=window, crop=crop, audio=audio)
+        d = self.feature_dim
+        self.p_both = float(p_both)
+        self.p_video = float(p_video)
+
+        # ---- per frame
+        self.backbone = resnet18(num_stages=3)  # conv1..layer3 -> [256, S/16, S/16]
+        grid = _resnet_grid(crop.size, 3)
+        self.num_spatial_tokens = grid * grid
+        self.spatial_pos = nn.Parameter(torch.zeros(1, grid * grid, d))
+        nn.init.trunc_normal_(self.spatial_pos, std=0.02)
+        self.spatial_encoder = transformer_encoder(
+            d, spatial_layers, spatial_heads, spatial_ff, spatial_dropout
+        )
+        self.spatial_pool = AttentionPool(d)
+
+        # ---- per audio token
+        branch = {
+            "tcn_kernel": tcn_kernel,
+            "tcn_levels": tcn_levels,
+            "layers": temporal_layers,
+            "heads": temporal_heads,
+            "ff": temporal_ff,
+            "dropout": dropout,
+        }
+        t = window.num_samples
+        self.visual_temporal = TemporalBranch(d, temporal_dim, t, **branch)
+        if audio is not None:
+            self.audio_norm = nn.LayerNorm(audio.token_dim)
+            self.audio_temporal = TemporalBranch(audio.token_dim, temporal_dim, t, **branch)
+        fused = temporal_dim * (2 if audio is not None else 1)
+
+        # ---- fusion
+        self.fusion_norm = nn.LayerNorm(fused)
+        self.temporal_pool = AttentionPool(fused)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(fused, NUM_EMOTIONS)
+
+    # ------------------------------------------------------------------ the split
+    def encode_frames(self, faces: torch.Tensor) -> torch.Tensor:
+        """faces [N, 3, S, S] in [0, 1] -> features [N, 256]."""
+        fmap = self.backbone.forward_features(self.normalize(faces))  # [N, 256, g, g]
+        tokens = fmap.flatten(2).transpose(1, 2) + self.spatial_pos  # [N, g*g, 256]
+        return self.spatial_pool(self.spatial_encoder(tokens))
+
+    def encode_audio(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw stacked MFCC tokens [B, T, F] -> per-token normalised [B, T, F] (A = F)."""
+        if not self.has_audio:
+            return super().encode_audio(tokens)
+        return self.audio_norm(tokens)
+
+    def head(
+        self,
+        visual: torch.Tensor,
+        audio: torch.Tensor | None = None,
+        audio_present: torch.Tensor | None = None,
+        visual_present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """visual [B, T, 256], audio [B, T, A] | None, presence [B] -> intensities [B, 7]."""
+        keep_v = presence(visual_present, visual)  # [B, 1, 1]
+        v = self.visual_temporal(visual)  # [B, T, d]
+        if self.has_audio:
+            if audio is None:
+                a = torch.zeros_like(v)
+                keep_a = torch.zeros_like(keep_v)
+            else:
+                a = self.audio_temporal(audio)
+                keep_a = presence(audio_present, visual)
+            if self.training:
+                mv, ma = modality_dropout_masks(
+                    visual.shape[0], self.p_both, self.p_video, visual.device
+                )
+                keep_v = keep_v * mv.view(-1, 1, 1)
+                keep_a = keep_a * ma.view(-1, 1, 1)
+            fused = torch.cat([v * keep_v, a * keep_a], dim=-1)  # [B, T, 2d]
+        else:
+            fused = v * keep_v
+        pooled = self.temporal_pool(self.fusion_norm(fused))  # [B, 2d]
+        return torch.sigmoid(self.out(self.drop(pooled)))

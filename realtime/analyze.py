@@ -1,0 +1,170 @@
+"""`eri analyze MEDIA`: the whole pipeline over a file, as fast as the machine allows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bundle import Bundle
+from models.spec import EMOTIONS
+from realtime.backends import Backend
+from realtime.outputs import PredictionWriter, open_for_writing, plot_curves
+from realtime.pipeline import STAGES, FrameOutput, StreamingEngine, output_row, run_offline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Analysis:
+    """Everything one run produced: the rows and a JSON-able summary."""
+
+    rows: list[list[float | int]] = field(default_factory=list)
+    stages_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.array([r[0] for r in self.rows], dtype=np.float64)
+
+    @property
+    def intensities(self) -> np.ndarray:
+        return np.array([r[4:] for r in self.rows], dtype=np.float32).reshape(-1, len(EMOTIONS))
+
+    @property
+    def face(self) -> np.ndarray:
+        return np.array([r[2] for r in self.rows], dtype=np.float32)
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.array([r[3] for r in self.rows], dtype=np.float32)
+
+
+def percentiles(values: list[float] | np.ndarray, qs: tuple[int, ...] = (50, 95, 99)) -> dict:
+    """{"p50": ..., "p95": ..., "p99": ...} in the values' unit (NaN when empty)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": float(np.percentile(arr, q)) if arr.size else float("nan") for q in qs}
+
+
+def make_tracker(bundle: Bundle):
+    from realtime.face import FaceTracker
+
+    return FaceTracker(crop=bundle.model.crop)
+
+
+def analyze(
+    media: str | Path, bundle: Bundle, backend: Backend, *, mode: str = "streaming",
+    csv_path: str | Path | None = None, plot_path: str | Path | None = None,
+    json_path: str | Path | None = None, progress: bool = True,
+) -> Analysis:
+    """Run ``media`` through the pipeline; write the CSV / plot / JSON that were asked for.
+
+    A stream that fails midway keeps everything up to that point (CSV, plot and JSON are still
+    written) and re-raises the error.
+    """
+    from realtime.sources import open_source
+
+    result = Analysis()
+    source = open_source(str(media), realtime=False)
+    # Open every output first, so a bad path fails before any work is done.
+    json_file = open_for_writing(json_path, "JSON summary") if json_path else None
+    writer = PredictionWriter(csv_path) if csv_path else None
+    tracker = make_tracker(bundle)
+    engine = StreamingEngine(bundle, backend, tracker, mode=mode)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = getattr(source, "frame_count", None) or None
+        bar = tqdm(total=total, unit="frame", desc=Path(str(media)).name, leave=False)
+    failure: BaseException | None = None
+    wall0 = time.perf_counter()
+    try:
+        with source:
+            for out in run_offline(source, engine):
+                _collect(result, out, writer)
+                if bar is not None:
+                    bar.update(1)
+    except BaseException as exc:
+        failure = exc
+        result.error = str(exc)
+    finally:
+        wall = time.perf_counter() - wall0
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        close = getattr(tracker, "close", None)
+        if close:
+            close()
+    result.summary = summarise(result, media, bundle, backend, mode, source, engine, wall)
+    if json_file is not None:
+        with json_file:
+            json.dump(result.summary, json_file, indent=2)
+            json_file.write("\n")
+    if plot_path and result.rows:
+        plot_curves(result.times, result.intensities, result.face, plot_path,
+                    title=f"{Path(str(media)).name}: emotional reaction intensity",
+                    subtitle=_plot_subtitle(bundle, backend, result))
+    if failure is not None:
+        if result.rows:
+            log.error("Stopped after %d rows; everything up to then was written.",
+                      len(result.rows))
+        raise failure
+    return result
+
+
+def _collect(result: Analysis, out: FrameOutput, writer: PredictionWriter | None) -> None:
+    row = output_row(out)
+    result.rows.append(row)
+    for stage in STAGES:
+        if stage in out.stages_ms:
+            result.stages_ms[stage].append(out.stages_ms[stage])
+    if writer is not None:
+        writer.write(row)
+
+
+def _plot_subtitle(bundle: Bundle, backend: Backend, result: Analysis) -> str:
+    trained = "" if bundle.trained else "UNTRAINED model (random weights): curves are not meaningful. "
+    return (f"{trained}{bundle.meta['architecture']} via {backend.describe()}; face on "
+            f"{100 * result.face.mean():.0f}% of frames, audio on {100 * result.audio.mean():.0f}%")
+
+
+def summarise(result: Analysis, media, bundle: Bundle, backend: Backend, mode: str, source,
+              engine: StreamingEngine, wall_s: float) -> dict[str, Any]:
+    n = len(result.rows)
+    values = result.intensities
+    return {
+        "media": str(media),
+        "model": bundle.name,
+        "architecture": bundle.meta["architecture"],
+        "trained": bundle.trained,
+        "backend": backend.name,
+        "precision": backend.precision,
+        "device": backend.device,
+        "mode": mode,
+        "rows": n,
+        "duration_s": float(result.times[-1]) if n else 0.0,
+        "has_audio": bool(getattr(source, "has_audio", False)),
+        "audio_note": getattr(source, "audio_note", None),
+        "face_detected_fraction": float(result.face.mean()) if n else 0.0,
+        "audio_present_fraction": float(result.audio.mean()) if n else 0.0,
+        "emotions": {
+            name: {"mean": float(values[:, i].mean()), "max": float(values[:, i].max()),
+                   "p95": float(np.percentile(values[:, i], 95))} if n else {}
+            for i, name in enumerate(EMOTIONS)
+        },
+        "wall_s": wall_s,
+        "fps": n / wall_s if wall_s > 0 else None,
+        "stages_ms": {s: percentiles(v) for s, v in result.stages_ms.items() if v},
+        "source_stats": source.stats() if hasattr(source, "stats") else {},
+        "audio_gaps": engine.audio_gaps,
+        "notes": list(bundle.notes),
+        "error": result.error,
+    }

@@ -1,0 +1,133 @@
+"""What the pipeline writes: the predictions CSV (DESIGN.md, "CSV columns") and the curve plot."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.spec import EMOTIONS
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS: tuple[str, ...] = ("time_s", "frame_index", "face_detected", "audio_present",
+                                *EMOTIONS)
+FLUSH_EVERY_S = 1.0
+
+
+class OutputWriteError(OSError):
+    """An output file cannot be written; the message names it and the fix."""
+
+
+def open_for_writing(path: str | Path, what: str):
+    """Open ``path`` for text writing (parents created) or say clearly why not."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("w", newline="")
+    except OSError as exc:
+        raise OutputWriteError(
+            f"Cannot write the {what} {path} ({exc.strerror}); choose a writable location."
+        ) from None
+
+
+class PredictionWriter:
+    """Writes one CSV row per output step, flushed at least once a second."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = open_for_writing(self.path, "predictions CSV")
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(CSV_COLUMNS)
+        self._last_flush = time.monotonic()
+        self.rows = 0
+
+    def write(self, row: Sequence[float | int]) -> None:
+        t, index, face, audio, *values = row
+        self._csv.writerow([f"{t:.4f}", index, face, audio, *(f"{v:.6f}" for v in values)])
+        self.rows += 1
+        now = time.monotonic()
+        if now - self._last_flush >= FLUSH_EVERY_S:
+            self._file.flush()
+            self._last_flush = now
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            self._file.close()
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """A predictions CSV as columns: {name: array [rows]}."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    if tuple(header) != CSV_COLUMNS:
+        raise ValueError(f"{path} has columns {header}, not {list(CSV_COLUMNS)}.")
+    data = np.array(body, dtype=np.float64).reshape(len(body), len(header))
+    return {name: data[:, i] for i, name in enumerate(header)}
+
+
+def _spans(times: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
+    """Contiguous [start, end) time spans where ``mask`` is True."""
+    spans: list[tuple[float, float]] = []
+    start = None
+    for i, on in enumerate(mask):
+        if on and start is None:
+            start = times[i]
+        if not on and start is not None:
+            spans.append((start, times[i]))
+            start = None
+    if start is not None:
+        end = times[-1] + (times[-1] - times[-2] if len(times) > 1 else 0.04)
+        spans.append((start, end))
+    return spans
+
+
+def plot_curves(
+    times: np.ndarray, intensities: np.ndarray, face: np.ndarray, path: str | Path, *,
+    title: str, subtitle: str = "",
+) -> Path:
+    """PNG of the seven curves [N, 7] over time [N], face-lost spans shaded grey."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, axes = plt.subplots(len(EMOTIONS), 1, figsize=(11, 9), sharex=True,
+                             constrained_layout=True)
+    colours = plt.get_cmap("tab10").colors
+    lost = _spans(times, face < 0.5) if len(times) else []
+    for i, (ax, name) in enumerate(zip(axes, EMOTIONS)):
+        for a, b in lost:
+            ax.axvspan(a, b, color="0.85", lw=0, label="face lost" if i == 0 and a == lost[0][0]
+                       else None)
+        ax.plot(times, intensities[:, i], color=colours[i % 10], lw=1.4)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center")
+        ax.grid(alpha=0.3)
+        ax.set_yticks([0, 0.5, 1])
+    axes[-1].set_xlabel("time (s)")
+    if lost:
+        axes[0].legend(loc="upper right", fontsize=8)
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise OutputWriteError(f"Cannot write the plot {path} ({exc.strerror}); "
+                               "choose a writable location.") from None
+    finally:
+        plt.close(fig)
+    return path
