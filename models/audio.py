@@ -220,6 +220,22 @@ def feature_frames(waveform: np.ndarray, spec: AudioSpec) -> np.ndarray:
     return _frames_from_windows(windows[:n], spec)
 
 
+#: A frame whose mean mel power is below this (dB re 1.0, i.e. |x| around 1e-4) is silence:
+#: a muted microphone or a silent track gives the model the "audio missing" input.
+SILENCE_DB = -80.0
+
+
+def frame_level_db(frames: np.ndarray, spec: AudioSpec) -> np.ndarray:
+    """Mean log-mel power [n] (dB) of feature frames [n, n_coeffs].
+
+    For MFCC frames this is the 0th coefficient over sqrt(n_mels) (orthonormal DCT-II).
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    if spec.kind == "mfcc":
+        return frames[:, 0] / np.sqrt(spec.n_mels)
+    return frames.mean(axis=1)
+
+
 def frame_end_times(n_frames: int, spec: AudioSpec, start_s: float = 0.0) -> np.ndarray:
     """Times [n_frames] float64 (seconds) at which each frame is complete.
 

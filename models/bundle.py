@@ -179,7 +179,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{meta_file} is not valid JSON ({exc}); the bundle is damaged.") from None
+        raise BundleError(
+            f"{meta_file} is not valid JSON ({exc}); the bundle is damaged.") from None
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise BundleError(f"{meta_file} has no integer format_version; the bundle is damaged.")

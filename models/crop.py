@@ -30,8 +30,9 @@ __all__ = [
 #: Where a BlazeFace box ``(x0, y0, x1, y1)`` lands in the 112-px template at margin 1.0, so
 #: :func:`crop_from_box` frames a face as :func:`align_face` would. Measured as the typical
 #: value (per-clip medians of the box mapped through the aligning similarity) on the frontal
-#: faces of the shared test media. Margin and size are applied exactly as for the template.
-FACE_BOX_IN_TEMPLATE: tuple[float, float, float, float] = (12.0, 33.0, 101.0, 118.0)
+#: faces of the shared test media, made square as BlazeFace boxes are. Margin and size are
+#: applied exactly as for the template points.
+FACE_BOX_IN_TEMPLATE: tuple[float, float, float, float] = (13.0, 32.0, 100.0, 119.0)
 
 
 def similarity_transform(src_points: np.ndarray, dst_points: np.ndarray) -> np.ndarray:

@@ -131,7 +131,8 @@ def _collect(result: Analysis, out: FrameOutput, writer: PredictionWriter | None
 
 
 def _plot_subtitle(bundle: Bundle, backend: Backend, result: Analysis) -> str:
-    trained = "" if bundle.trained else "UNTRAINED model (random weights): curves are not meaningful. "
+    trained = ("" if bundle.trained
+               else "UNTRAINED model (random weights): curves are not meaningful. ")
     return (f"{trained}{bundle.meta['architecture']} via {backend.describe()}; face on "
             f"{100 * result.face.mean():.0f}% of frames, audio on {100 * result.audio.mean():.0f}%")
 

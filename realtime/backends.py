@@ -59,7 +59,8 @@ def available_backends() -> dict[str, str]:
 
         status["tensorrt"] = f"available ({tensorrt.__version__})"
     except ImportError:
-        status["tensorrt"] = "unavailable: install the `tensorrt` extra on a machine with an NVIDIA GPU"
+        status["tensorrt"] = (
+            "unavailable: install the `tensorrt` extra on a machine with an NVIDIA GPU")
     return status
 
 

@@ -131,7 +131,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"Cannot write to {out_dir} ({exc.strerror}); pass a writable --out.")
+        raise UserError(
+            f"Cannot write to {out_dir} ({exc.strerror}); pass a writable --out.") from None
     paths = export_onnx(bundle.model, out_dir)
     for graph, path in paths.items():
         log.info("wrote %s", path)
@@ -185,6 +186,33 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not args.out and not args.plot and not args.json:
         means = ", ".join(f"{k} {v['mean']:.3f}" for k, v in s["emotions"].items() if v)
         print(f"mean intensities: {means}")
+    return 0
+
+
+# --------------------------------------------------------------------------- benchmark
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from models.bundle import load_bundle
+    from realtime.benchmark import benchmark, format_table, write_json
+
+    def split(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    if args.source != "synthetic" and not Path(args.source).exists():
+        raise UserError(f"{args.source} does not exist; pass a video file or `synthetic`.")
+    modes = split(args.mode)
+    bad = [m for m in modes if m not in ("streaming", "recompute", "live")]
+    if bad:
+        raise UserError(f"Unknown --mode {bad}; choose from streaming, recompute, live.")
+    bundle = load_bundle(args.model)
+    for note in bundle.notes:
+        log.warning("%s", note)
+    result = benchmark(bundle, backends=split(args.backends), precisions=split(args.precisions),
+                       modes=modes, source=args.source, frames=args.frames,
+                       repeats=args.repeats, threads=args.threads)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        log.info("wrote %s", args.json)
     return 0
 
 
@@ -285,19 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="synthetic")
     p.add_argument("--backends", default="torch,onnxruntime")
     p.add_argument("--precisions", default="fp32")
-    p.add_argument("--mode", default="streaming,recompute")
-    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--mode", default="streaming,recompute",
+                   help="comma list of streaming, recompute, live (paced at the source's rate)")
+    p.add_argument("--frames", type=int, default=300, help="measured frames per run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per configuration, interleaved")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: runtime default)")
     p.add_argument("--json")
-    p.set_defaults(func=_stub("benchmark"))
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
+    # Our own packages speak at INFO; third-party libraries (exporters, MediaPipe) only warn.
+    for name in ("eri", "models", "realtime", "training", "calibration"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except _user_error_types() as exc:

@@ -121,7 +121,10 @@ def plot_curves(
     axes[-1].set_xlabel("time (s)")
     if lost:
         axes[0].legend(loc="upper right", fontsize=8)
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    import textwrap
+
+    wrapped = "\n".join(textwrap.wrap(subtitle, 110)) if subtitle else ""
+    fig.suptitle(title + (f"\n{wrapped}" if wrapped else ""), fontsize=10)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)

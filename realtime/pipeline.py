@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.audio import StreamingFrontEnd
+from models.audio import SILENCE_DB, StreamingFrontEnd, frame_level_db
 from models.bundle import Bundle
 from models.crop import to_tensor_layout
 from models.export import AUDIO_PRESENT, AUDIO_TOKENS, VISUAL, VISUAL_PRESENT
-from models.spec import NUM_EMOTIONS
+from models.spec import NUM_EMOTIONS, nearest_indices
 from realtime.backends import Backend
 from realtime.buffers import BoundedQueue, LatestSlot, RingBuffer
 from realtime.sources import AudioChunk, Source, VideoFrame
@@ -38,8 +38,8 @@ from realtime.sources import AudioChunk, Source, VideoFrame
 log = logging.getLogger(__name__)
 
 MODES = ("streaming", "recompute")
-#: Samples quieter than this (|x| < 1e-4, -80 dBFS) count as silence: a muted source.
-SILENCE_LEVEL = 1e-4
+#: Frames the offline driver hands the encoder at once (the live path always uses 1).
+OFFLINE_BATCH = 8
 #: Audio gaps up to this long (dropped chunks) are filled with zeros; longer ones restart audio.
 MAX_AUDIO_GAP_S = 1.0
 #: Output steps per second when a source has audio but no video (a wav file).
@@ -65,7 +65,13 @@ class FrameOutput:
 
 
 class StreamingEngine:
-    """Per-frame streaming inference over one source. Not thread-safe: one caller thread."""
+    """Per-frame streaming inference over one source. Not thread-safe: one caller thread.
+
+    :meth:`process_frames` takes one frame (live) or a few (analysis, where the encoder runs
+    them as one batch); either way each output depends only on the frames and audio up to its
+    own time, so live and offline give the same numbers (up to float summation order in the
+    batched encoder, ~1e-6).
+    """
 
     def __init__(self, bundle: Bundle, backend: Backend, tracker, *, mode: str = "streaming",
                  max_fps: float = 60.0) -> None:
@@ -82,9 +88,14 @@ class StreamingEngine:
             self.cache = RingBuffer(capacity, (self.crop_size, self.crop_size, 3), np.uint8)
         self.audio_spec = model.audio_spec
         self.audio: StreamingFrontEnd | None = None
+        self.audio_capacity_s = self.window.context_s + 5.0
+        self.audio_levels: RingBuffer | None = None  # mean dB of each MFCC frame, by end time
+        if self.audio_spec is not None:
+            frames_per_s = self.audio_spec.sample_rate / self.audio_spec.hop_length
+            self.audio_levels = RingBuffer(int(self.audio_capacity_s * frames_per_s) + 8, (),
+                                           np.float32)
         self.feature_dim = model.feature_dim
         self.start_s: float | None = None
-        self.last_sound_s = -math.inf
         self.audio_gaps = 0
         self.frames = 0
 
@@ -96,51 +107,75 @@ class StreamingEngine:
         sr = self.audio_spec.sample_rate
         if self.start_s is None:
             self.start_s = chunk.time_s
-        if self.audio is None:
-            self.audio = StreamingFrontEnd(self.audio_spec, self.window.context_s + 5.0,
-                                           start_s=chunk.time_s)
-        gap = chunk.time_s - self.audio.time_s
-        if gap > MAX_AUDIO_GAP_S:
-            self.audio_gaps += 1
-            self.audio = StreamingFrontEnd(self.audio_spec, self.window.context_s + 5.0,
+        gap = chunk.time_s - self.audio.time_s if self.audio is not None else 0.0
+        if self.audio is None or gap > MAX_AUDIO_GAP_S:
+            self.audio_gaps += self.audio is not None
+            self.audio = StreamingFrontEnd(self.audio_spec, self.audio_capacity_s,
                                            start_s=chunk.time_s)
         elif gap * sr >= 1.0:  # dropped chunks: keep the clock right with silence
             self.audio_gaps += 1
-            self.audio.push(np.zeros(int(round(gap * sr)), np.float32))
-        self.audio.push(chunk.samples)
-        loud = np.flatnonzero(np.abs(chunk.samples) > SILENCE_LEVEL)
-        if loud.size:
-            self.last_sound_s = chunk.time_s + (loud[-1] + 1) / sr
+            self._push_samples(np.zeros(int(round(gap * sr)), np.float32))
+        self._push_samples(chunk.samples)
+
+    def _push_samples(self, samples: np.ndarray) -> None:
+        assert self.audio is not None and self.audio_levels is not None
+        new = self.audio.push(samples)
+        if new:
+            frames, ends = self.audio.frames()
+            levels = frame_level_db(frames[-new:], self.audio_spec)
+            for level, end in zip(levels, ends[-new:]):
+                self.audio_levels.push(np.float32(level), float(end), 0)
+
+    def _audio_present(self, t: float, span_start: float) -> bool:
+        """Whether any non-silent audio frame ended within the window (span_start, t]."""
+        if self.audio_levels is None or not len(self.audio_levels):
+            return False
+        levels, ends, _ = self.audio_levels.snapshot()
+        inside = (ends <= t + 1e-9) & (ends > span_start - 1e-9)
+        return bool(np.any(levels[inside] > SILENCE_DB))
 
     # ------------------------------------------------------------------ frames
     def process_frame(self, frame: VideoFrame) -> FrameOutput:
-        """Track, encode (once), and run the head over the window ending at this frame."""
-        t = frame.time_s
+        """One frame: track, encode once, run the head over the window ending at it."""
+        return self.process_frames([frame])[0]
+
+    def process_frames(self, frames: list[VideoFrame]) -> list[FrameOutput]:
+        """Frames in time order: each tracked, their crops encoded as one batch, then the head
+        over the window ending at each frame. Returns one output per frame."""
         if self.start_s is None:
-            self.start_s = t
+            self.start_s = frames[0].time_s
         c0 = time.perf_counter()
-        face = self.tracker.process(frame.image, t)
+        faces, face_ms = [], []
+        for frame in frames:
+            f0 = time.perf_counter()
+            faces.append(self.tracker.process(frame.image, frame.time_s))
+            face_ms.append((time.perf_counter() - f0) * 1e3)
         c1 = time.perf_counter()
-        has_face = face.crop is not None
-        if has_face:
-            if self.mode == "streaming":
-                features = self.backend.encode_frames(to_tensor_layout(face.crop[None]))[0]
-                self.cache.push(features, t, frame.index)
-            else:
-                self.cache.push(face.crop, t, frame.index)
-        c2 = time.perf_counter()
-        out, recompute_ms = self._head(t, frame.index, visual_present=has_face)
-        c3 = time.perf_counter()
-        out.face_detected = has_face
-        out.box = None if face.box is None else tuple(float(v) for v in face.box)
-        out.stages_ms = {
-            "face": (c1 - c0) * 1e3,
-            "encoder": (c2 - c1) * 1e3 + recompute_ms,
-            "head": (c3 - c2) * 1e3 - recompute_ms,
-            "total": (c3 - c0) * 1e3,
-        }
-        self.frames += 1
-        return out
+        crops = [f.crop for f in faces if f.crop is not None]
+        with_face = [fr for fr, f in zip(frames, faces) if f.crop is not None]
+        if self.mode == "streaming" and crops:
+            features = self.backend.encode_frames(to_tensor_layout(np.stack(crops)))
+            for feat, fr in zip(features, with_face):
+                self.cache.push(feat, fr.time_s, fr.index)
+        elif crops:
+            for crop, fr in zip(crops, with_face):
+                self.cache.push(crop, fr.time_s, fr.index)
+        encode_ms = (time.perf_counter() - c1) * 1e3 / len(frames)
+        outputs = []
+        for frame, face, f_ms in zip(frames, faces, face_ms):
+            h0 = time.perf_counter()
+            out, recompute_ms = self._head(frame.time_s, frame.index,
+                                           visual_present=face.crop is not None)
+            h_ms = (time.perf_counter() - h0) * 1e3
+            out.face_detected = face.crop is not None
+            out.box = None if face.box is None else tuple(float(v) for v in face.box)
+            out.stages_ms = {"face": f_ms, "encoder": encode_ms + recompute_ms,
+                             "head": h_ms - recompute_ms}
+            out.stages_ms["total"] = sum(out.stages_ms.values())
+            outputs.append(out)
+        self.frames += len(frames)
+        log.debug("%d frame(s) in %.1f ms", len(frames), (time.perf_counter() - c0) * 1e3)
+        return outputs
 
     def output_at(self, time_s: float, step_index: int) -> FrameOutput:
         """An output step with no video frame (audio-only sources)."""
@@ -153,25 +188,35 @@ class StreamingEngine:
         return out
 
     def _head(self, t: float, index: int, *, visual_present: bool) -> tuple[FrameOutput, float]:
-        """The output at time ``t`` and the ms spent re-encoding crops (recompute mode)."""
-        times = self.window.sample_times(t, self.start_s if self.start_s is not None else t)
+        """The output at time ``t`` and the ms spent re-encoding crops (recompute mode).
+
+        Only cached frames up to ``t`` are used (a batch may already hold later ones).
+        """
+        start = self.start_s if self.start_s is not None else t
+        times = self.window.sample_times(t, start)
         recompute_ms = 0.0
+        items = None
         if len(self.cache):
-            items = self.cache.nearest(times).items
+            held, held_times, _ = self.cache.snapshot()
+            upto = int(np.searchsorted(held_times, t + 1e-9, side="right"))
+            if upto:
+                items = held[:upto][nearest_indices(held_times[:upto], times)]
+        if items is None:
+            visual = np.zeros((1, len(times), self.feature_dim), np.float32)
+            visual_present = False
+        else:
             if self.mode == "recompute":
                 r0 = time.perf_counter()
                 items = self.backend.encode_frames(to_tensor_layout(items))
                 recompute_ms = (time.perf_counter() - r0) * 1e3
             visual = items[None].astype(np.float32, copy=False)
-        else:
-            visual = np.zeros((1, len(times), self.feature_dim), np.float32)
-            visual_present = False
         inputs = {VISUAL: visual, VISUAL_PRESENT: np.array([float(visual_present)], np.float32)}
         audio_present = False
         if self.audio_spec is not None:
             if self.audio is not None and len(self.audio):
-                tokens, present = self.audio.tokens(times)
-                audio_present = bool(present.any()) and self.last_sound_s >= t - self.window.context_s
+                tokens, _ = self.audio.tokens(times)
+                audio_present = self._audio_present(t, t - min(self.window.context_s, t - start)
+                                                    - self.audio_spec.token_s)
             else:
                 tokens = np.zeros((len(times), self.audio_spec.token_dim), np.float32)
             inputs[AUDIO_TOKENS] = tokens[None]
@@ -187,23 +232,34 @@ class StreamingEngine:
 
 
 # ---------------------------------------------------------------------- drivers
-def run_offline(source: Source, engine: StreamingEngine) -> Iterator[FrameOutput]:
+def run_offline(source: Source, engine: StreamingEngine,
+                batch: int = OFFLINE_BATCH) -> Iterator[FrameOutput]:
     """Every event of ``source`` through ``engine``, as fast as possible (analysis).
 
-    Yields one output per video frame; for an audio-only source, one every
-    1 / AUDIO_ONLY_RATE seconds of audio.
+    Yields one output per video frame (frames are encoded ``batch`` at a time; audio is fed as
+    it comes, and each output still sees only what precedes it). For an audio-only source, one
+    output every 1 / AUDIO_ONLY_RATE seconds of audio.
     """
     step = 0
     next_audio_only = None
     audio_only = source.fps is None
+    pending: list[VideoFrame] = []
+    decode_ms: list[float] = []
     events = iter(source)
     while True:
         d0 = time.perf_counter()
         try:
             event = next(events)
         except StopIteration:
-            break
-        decode_ms = (time.perf_counter() - d0) * 1e3
+            event = None
+        if event is None or (isinstance(event, VideoFrame) and len(pending) == batch):
+            for out, d_ms in zip(engine.process_frames(pending) if pending else [], decode_ms):
+                out.stages_ms["decode"] = d_ms
+                out.stages_ms["total"] += d_ms
+                yield out
+            pending, decode_ms = [], []
+            if event is None:
+                break
         if isinstance(event, AudioChunk):
             engine.push_audio(event)
             if audio_only:
@@ -212,15 +268,13 @@ def run_offline(source: Source, engine: StreamingEngine) -> Iterator[FrameOutput
                     next_audio_only = event.time_s + 1.0 / AUDIO_ONLY_RATE
                 while next_audio_only <= end + 1e-9:
                     out = engine.output_at(next_audio_only, step)
-                    out.stages_ms["decode"] = decode_ms
+                    out.stages_ms["decode"] = (time.perf_counter() - d0) * 1e3
                     step += 1
                     next_audio_only += 1.0 / AUDIO_ONLY_RATE
                     yield out
             continue
-        out = engine.process_frame(event)
-        out.stages_ms["decode"] = decode_ms
-        out.stages_ms["total"] += decode_ms
-        yield out
+        pending.append(event)
+        decode_ms.append((time.perf_counter() - d0) * 1e3)
 
 
 def engine_rate(engine: StreamingEngine) -> int:
