@@ -112,6 +112,13 @@ def analyze(
         plot_curves(result.times, result.intensities, result.face, plot_path,
                     title=f"{Path(str(media)).name}: emotional reaction intensity",
                     subtitle=_plot_subtitle(bundle, backend, result))
+    if failure is None and len(result.rows) < 2:
+        from realtime.pipeline import PipelineError
+
+        what = "1 frame" if len(result.rows) == 1 else "no frames or audio"
+        failure = PipelineError(
+            f"{media} has {what}; ERI measures reactions over time, so give a video of at "
+            "least 2 frames or an audio file of at least 0.1 s.")
     if failure is not None:
         if result.rows:
             log.error("Stopped after %d rows; everything up to then was written.",

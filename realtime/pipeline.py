@@ -99,6 +99,17 @@ class StreamingEngine:
         self.audio_gaps = 0
         self.frames = 0
 
+    def warmup(self, runs: int = 3) -> None:
+        """Run both graphs a few times on dummy inputs (first calls allocate and plan)."""
+        s = self.crop_size
+        faces = np.zeros((1, 3, s, s), np.float32)
+        start = self.start_s
+        for _ in range(runs):
+            self.backend.encode_frames(faces)
+            self.start_s = 0.0
+            self._head(0.0, 0, visual_present=False)
+        self.start_s = start
+
     # ------------------------------------------------------------------ audio
     def push_audio(self, chunk: AudioChunk) -> None:
         """Feed one chunk [n] of mono audio at the model's sample rate."""
@@ -321,6 +332,7 @@ class LiveRunner:
 
     def run(self) -> Iterator[FrameOutput]:
         """Outputs as inference keeps up; ends when the source ends or :meth:`stop` is called."""
+        self.engine.warmup()
         self._thread.start()
         try:
             while not self._stop.is_set():
