@@ -29,7 +29,7 @@ from torch import nn
 
 from models.audio import AudioSpec
 from models.base import StreamingModel, modality_dropout_masks, presence
-from models.layers import resnet50, vgg16
+from models.layers import keep, resnet50, vgg16
 from models.registry import register_model
 from models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
 
@@ -169,7 +169,7 @@ class CnnLstm(StreamingModel):
                 )
                 keep_v = keep_v * mv.view(-1, 1)
                 keep_a = keep_a * ma.view(-1, 1)
-            summary = torch.cat([hv * keep_v, ha * keep_a], dim=-1)
+            summary = torch.cat([keep(hv, keep_v), keep(ha, keep_a)], dim=-1)
         else:
-            summary = hv * keep_v
+            summary = keep(hv, keep_v)
         return torch.sigmoid(self.fusion(summary))

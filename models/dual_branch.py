@@ -15,9 +15,10 @@ Per window (``head``), for each branch (visual [B, T, 256], audio [B, T, 1024]):
     -> + learned temporal position embedding [T, 128]
     -> temporal Transformer encoder (2 layers, 4 heads, d=128, pre-norm)            [B, T, 128]
 
-then modality-dropout fusion: each branch's output is multiplied by a keep mask [B] (training:
+then modality-dropout fusion: each branch's output is gated by a keep mask [B] (training:
 both kept with ``p_both``, else video alone with ``p_video``, else audio alone; always: the
-presence flags, and audio ``None`` == a zeroed audio branch), concatenated [B, T, 256] ->
+presence flags > 0; a dropped branch is exactly zero, and audio ``None`` == a zero audio
+branch), concatenated [B, T, 256] ->
 LayerNorm -> attention aggregation over T -> Linear(256, 7) -> sigmoid.
 
 A missing modality at inference is therefore exactly the input the training-time dropout
@@ -31,7 +32,7 @@ from torch import nn
 
 from models.audio import AudioSpec
 from models.base import StreamingModel, modality_dropout_masks, presence
-from models.layers import AttentionPool, TemporalConvNet, resnet18, transformer_encoder
+from models.layers import AttentionPool, TemporalConvNet, keep, resnet18, transformer_encoder
 from models.registry import register_model
 from models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
 
@@ -184,8 +185,8 @@ class DualBranch(StreamingModel):
                 )
                 keep_v = keep_v * mv.view(-1, 1, 1)
                 keep_a = keep_a * ma.view(-1, 1, 1)
-            fused = torch.cat([v * keep_v, a * keep_a], dim=-1)  # [B, T, 2d]
+            fused = torch.cat([keep(v, keep_v), keep(a, keep_a)], dim=-1)  # [B, T, 2d]
         else:
-            fused = v * keep_v
+            fused = keep(v, keep_v)
         pooled = self.temporal_pool(self.fusion_norm(fused))  # [B, 2d]
         return torch.sigmoid(self.out(self.drop(pooled)))

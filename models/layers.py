@@ -412,6 +412,15 @@ def transformer_encoder(
     return TransformerEncoder(d_model, num_layers, num_heads, dim_feedforward, dropout)
 
 
+def keep(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``flags > 0``, exact zeros elsewhere (flags broadcast against ``x``).
+
+    The modality gate: a dropped or missing branch becomes exactly zero, even if its input held
+    NaN or inf (``0 * nan`` would be nan). Gradients flow only through kept entries.
+    """
+    return torch.where(flags > 0, x, torch.zeros_like(x))
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with ``requires_grad``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -31,7 +31,7 @@ from torch import nn
 
 from models.audio import AudioSpec
 from models.base import StreamingModel, presence
-from models.layers import resnet18
+from models.layers import keep, resnet18
 from models.registry import register_model
 from models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
 
@@ -195,5 +195,5 @@ class MtlDan(StreamingModel):
         is the head's bias prior.
         """
         summary = self.lstm(visual)[0][:, -1]  # [B, hidden]
-        summary = summary * presence(visual_present, visual).view(-1, 1)
+        summary = keep(summary, presence(visual_present, visual).view(-1, 1))
         return torch.sigmoid(self.fc(summary))

@@ -96,10 +96,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {name:12s} {status}")
     if "microphone_support" in info:
         mic = info["microphone_support"]
-        print("Microphones: " + (", ".join(info["microphones"]) or
+        print("Microphones: " + (", ".join(str(m.get("name", m)) for m in info["microphones"]) or
                                  ("none found" if mic["available"] else mic["note"])))
         cams = info["cameras"]
-        print("Cameras:     " + (", ".join(str(c) for c in cams) or "none found"))
+        print("Cameras:     " + (", ".join(
+            f"{c.get('index', '?')}: {c.get('width', '?')}x{c.get('height', '?')}" for c in cams)
+            or "none found"))
     return 0
 
 

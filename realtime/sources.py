@@ -209,8 +209,10 @@ class Source(abc.ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-def _paced(events: Iterable[Event], stop: threading.Event, counters: dict) -> Iterator[Event]:
-    """Release each event at its ``time_s`` after the start on ``time.monotonic``.
+def _paced(
+    events: Iterable[Event], stop: threading.Event, counters: dict, speed: float = 1.0
+) -> Iterator[Event]:
+    """Release each event at ``time_s / speed`` after the start on ``time.monotonic``.
 
     Never sleeps to catch up: when the consumer is slow, events come out at once and the largest
     lag is recorded in ``counters["max_lag_s"]``.
@@ -218,7 +220,7 @@ def _paced(events: Iterable[Event], stop: threading.Event, counters: dict) -> It
     counters.setdefault("max_lag_s", 0.0)
     start = time.monotonic()
     for event in events:
-        delay = start + event.time_s - time.monotonic()
+        delay = start + event.time_s / speed - time.monotonic()
         if delay > 0:
             if stop.wait(delay):
                 return
@@ -335,6 +337,14 @@ def _stream_codec_name(stream) -> str:
     return getattr(stream, "name", None) or "unknown"
 
 
+def _is_cover_art(stream) -> bool:
+    """True for a still picture attached to an audio file (album art), which is not video."""
+    try:
+        return bool(int(stream.disposition) & 0x0400)  # AV_DISPOSITION_ATTACHED_PIC
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def _rel_time(stream, value: int | None, t0: float) -> float | None:
     if value is None or stream.time_base is None:
         return None
@@ -345,23 +355,37 @@ class FileSource(Source):
     """A video file with its audio track, or an audio-only file, decoded with PyAV.
 
     ``realtime=False`` decodes as fast as possible (analysis); ``realtime=True`` releases each
-    event at its timestamp (live viewing) and never sleeps to catch up with a slow consumer.
-    ``audio=False`` ignores the audio track; ``loop=True`` plays the file again and again with
+    event at its timestamp (live viewing; ``speed`` < 1 plays slower) and never sleeps to catch up
+    with a slow consumer. ``audio=False`` ignores the audio track; ``loop=True`` plays the file again and again with
     times continuing (the clock never goes back). Video frames come out as RGB uint8; audio is
     resampled to mono float32 at :data:`AUDIO_RATE` (gaps in the track are filled with silence
     so chunk times and sample counts agree). Frames and chunks are merged into nondecreasing
     time with a small bounded reorder buffer.
 
     Opening checks the file (exists, not empty, readable, decodable) and raises SourceError. A
-    stream that fails midway, or an MP4/MOV that ends well before its header says (a truncated
-    copy), first delivers every event decoded so far, then raises SourceError naming the time.
+    packet that fails to decode is skipped and counted (``decode_errors``); a stream that fails
+    midway (a demuxer error, or more than ``max_decode_errors`` bad packets in a row), or an
+    MP4/MOV that ends well before its header says (a truncated copy), first delivers every event
+    decoded so far, then raises SourceError naming the time.
     """
 
     def __init__(
-        self, path: str | Path, realtime: bool = False, audio: bool = True, loop: bool = False
+        self,
+        path: str | Path,
+        realtime: bool = False,
+        audio: bool = True,
+        loop: bool = False,
+        *,
+        max_decode_errors: int = 25,
+        speed: float = 1.0,
     ) -> None:
         super().__init__()
+        if not speed > 0:
+            raise ValueError(f"FileSource speed must be > 0, got {speed}.")
+        self.speed = float(speed)
         self.path = Path(path)
+        self.max_decode_errors = max_decode_errors
+        self._counters["decode_errors"] = 0
         self.realtime = realtime
         self.loop = loop
         self.name = self.path.name
@@ -375,7 +399,7 @@ class FileSource(Source):
     def _probe(self, container, audio: bool) -> None:
         self._format = container.format.name if container.format is not None else ""
         self._t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
-        videos = list(container.streams.video)
+        videos = [v for v in container.streams.video if not _is_cover_art(v)]
         audios = list(container.streams.audio)
         if not videos and not audios:
             raise SourceError(
@@ -442,7 +466,7 @@ class FileSource(Source):
     def _events(self) -> Iterator[Event]:
         events = self._all_passes()
         if self.realtime:
-            events = _paced(events, self._stop_event, self._counters)
+            events = _paced(events, self._stop_event, self._counters, self.speed)
         return events
 
     def _all_passes(self) -> Iterator[Event]:
@@ -482,12 +506,13 @@ class FileSource(Source):
             frames = 0
             video_end = offset
             position = offset
+            failures = [0]  # consecutive packets that failed to decode
             try:
                 for packet in container.demux(streams):
                     if self.stopped:
                         return max(video_end, position), frames
                     if packet.stream is vs:
-                        for frame in packet.decode():
+                        for frame in self._decode(packet, failures, position):
                             event = self._video_event(frame, index0 + frames, offset, frames)
                             frames += 1
                             self._count_frame()
@@ -495,7 +520,7 @@ class FileSource(Source):
                             video_end = event.time_s + (1.0 / self.fps if self.fps else 0.0)
                             yield from reorder.push("video", event, event.time_s)
                     elif audio is not None:
-                        for frame in packet.decode():
+                        for frame in self._decode(packet, failures, position):
                             for chunk in audio.feed(frame):
                                 self._count_chunk(chunk)
                                 position = chunk.time_s
@@ -525,6 +550,28 @@ class FileSource(Source):
             return max(video_end, audio.end_s if audio is not None else offset), frames
         finally:
             container.close()
+
+    def _decode(self, packet, failures: list[int], position: float) -> list:
+        """Decode one packet; a bad packet is skipped and counted, a run of them re-raises."""
+        import av
+
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as exc:
+            failures[0] += 1
+            self._counters["decode_errors"] += 1
+            if failures[0] > self.max_decode_errors:
+                raise
+            if self._counters["decode_errors"] <= 3:
+                log.warning(
+                    "%s: skipped a packet that failed to decode near %.2f s (%s).",
+                    self.path,
+                    position,
+                    _ffmpeg_reason(exc),
+                )
+            return []
+        failures[0] = 0
+        return frames
 
     def _video_event(self, frame, index: int, offset: float, n: int) -> VideoFrame:
         image = frame.to_ndarray(format="rgb24")

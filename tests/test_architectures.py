@@ -61,7 +61,7 @@ def _no_dropout(name: str) -> dict[str, float]:
     return {k: 0.0 for k in keys if k in _options(name)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(name: str, frozen_opts: tuple[tuple[str, Any], ...]) -> StreamingModel:
     torch.manual_seed(0)
     return create_model(name, window=WINDOW, **dict(frozen_opts))
@@ -92,6 +92,34 @@ def features(model: StreamingModel, faces: torch.Tensor, tokens: torch.Tensor | 
         visual = model.encode_frames(faces.flatten(0, 1)).view(faces.shape[0], T, -1)
         audio = None if tokens is None else model.encode_audio(tokens)
     return visual, audio
+
+
+@functools.cache
+def _cached_data(name: str, frozen_opts: tuple[tuple[str, Any], ...]):
+    model = _cached(name, frozen_opts).eval()
+    faces, tokens = inputs(model)
+    return (faces, tokens, *features(model, faces, tokens))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_cached_models():
+    """The cached models (VGG16 variants are ~0.5 GB each) live only while this module runs."""
+    yield
+    _cached_data.cache_clear()
+    _cached.cache_clear()
+
+
+def data(name: str, **opts: Any):
+    """(faces, tokens, visual, audio) of the cached eval-mode model ``build(name, **opts)``."""
+    return _cached_data(name, tuple(sorted(opts.items())))
+
+
+def variant_of(name: str, opts: dict[str, Any], **changes: Any) -> StreamingModel:
+    """``build(name, **opts, **changes)`` with the weights of ``build(name, **opts)``, so the
+    cached features of the base variant apply (``changes`` must not alter parameters)."""
+    model = build(name, **opts, **changes)
+    model.load_state_dict(build(name, **opts).state_dict())
+    return model
 
 
 # ------------------------------------------------------------------------------ registry
@@ -129,16 +157,15 @@ def test_config_is_json_and_rebuilds(variant) -> None:
 def test_output_shape_and_range(variant) -> None:
     name, opts = variant
     model = build(name, **opts)
-    faces, tokens = inputs(model)
+    faces, tokens, visual, audio = data(name, **opts)
     with torch.no_grad():
-        out = model(faces, tokens)
-        feats = model.encode_frames(faces[0])
+        out = model.head(visual, audio)
     assert out.shape == (B, NUM_EMOTIONS)
     assert torch.isfinite(out).all()
     assert ((out >= 0) & (out <= 1)).all()
-    assert feats.shape == (T, model.feature_dim)
+    assert visual.shape == (B, T, model.feature_dim)
     if model.has_audio:
-        assert model.encode_audio(tokens).shape[:2] == (B, T)
+        assert audio.shape[:2] == (B, T)
     else:
         with pytest.raises(NotImplementedError):
             model.encode_audio(torch.zeros(B, T, 1024))
@@ -176,26 +203,21 @@ def test_every_trainable_parameter_gets_a_gradient(variant) -> None:
 def test_streaming_split_equals_forward(variant) -> None:
     name, opts = variant
     model = build(name, **opts)
-    faces, tokens = inputs(model)
+    faces, tokens, visual, audio = data(name, **opts)
     present = torch.tensor([1.0, 0.0]) if model.has_audio else None
     with torch.no_grad():
         whole = model(faces, tokens, audio_present=present)
-        visual, audio = features(model, faces, tokens)
         split = model.head(visual, audio, audio_present=present)
-        # Live: each frame encoded on its own (N=1), each audio token on its own.
-        one_by_one = torch.stack(
-            [torch.cat([model.encode_frames(f[None]) for f in clip]) for clip in faces]
-        )
+        # Live: each frame is encoded on its own (N=1) into the feature ring, and each audio
+        # token on its own; the head then reads the cached values.
+        single = torch.cat([model.encode_frames(faces[1, i : i + 1]) for i in (0, T - 1)])
         audio_1 = None
         if tokens is not None:
-            audio_1 = torch.cat(
-                [model.encode_audio(tokens[:, i : i + 1]) for i in range(T)], dim=1
-            )
-        live = model.head(one_by_one, audio_1, audio_present=present)
+            audio_1 = torch.cat([model.encode_audio(tokens[:, i : i + 1]) for i in range(T)], dim=1)
+            assert (audio_1 - audio).abs().max() <= 1e-5
     assert (whole - split).abs().max() <= 1e-5
     scale = float(visual.abs().max()) + 1.0
-    assert (one_by_one - visual).abs().max() <= 1e-5 * scale
-    assert (live - whole).abs().max() <= 1e-5
+    assert (single - visual[1, [0, T - 1]]).abs().max() <= 1e-5 * scale
 
 
 # ------------------------------------------------------------------------------ missing audio
@@ -205,11 +227,9 @@ def test_streaming_split_equals_forward(variant) -> None:
 def test_missing_audio_is_exactly_the_zeroed_branch(variant) -> None:
     name, opts = variant
     model = build(name, **opts)
-    faces, tokens = inputs(model)
-    visual, audio = features(model, faces, tokens)
+    faces, tokens, visual, audio = data(name, **opts)
     with torch.no_grad():
         missing = model.head(visual, None)
-        assert torch.equal(model(faces, None), missing)
         if not model.has_audio:
             # No audio branch: audio arguments are ignored.
             junk = torch.randn(B, T, 16)
@@ -231,8 +251,7 @@ def test_missing_audio_is_exactly_the_zeroed_branch(variant) -> None:
 def test_eval_is_deterministic(variant) -> None:
     name, opts = variant
     model = build(name, **opts)
-    faces, tokens = inputs(model)
-    visual, audio = features(model, faces, tokens)
+    _, _, visual, audio = data(name, **opts)
     with torch.no_grad():
         outs = [model.head(visual, audio) for _ in range(3)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
@@ -241,9 +260,8 @@ def test_eval_is_deterministic(variant) -> None:
 @pytest.mark.parametrize("variant", AUDIO_VARIANTS, ids=_id)
 def test_modality_dropout_only_in_training(variant) -> None:
     name, opts = variant
-    video_only = build(name, **opts, **_no_dropout(name), p_both=0.0, p_video=1.0)
-    faces, tokens = inputs(video_only)
-    visual, audio = features(video_only, faces, tokens)
+    video_only = variant_of(name, opts, **_no_dropout(name), p_both=0.0, p_video=1.0)
+    _, _, visual, audio = data(name, **opts)
     with torch.no_grad():
         eval_missing = video_only.head(visual, None)
         eval_present = video_only.head(visual, audio)  # eval: dropout inactive, audio used
@@ -253,8 +271,7 @@ def test_modality_dropout_only_in_training(variant) -> None:
     assert not torch.allclose(eval_present, eval_missing)
     assert torch.allclose(train_present, eval_missing, atol=1e-6, rtol=0)
 
-    audio_only = build(name, **opts, **_no_dropout(name), p_both=0.0, p_video=0.0)
-    visual, audio = features(audio_only, faces, tokens)
+    audio_only = variant_of(name, opts, **_no_dropout(name), p_both=0.0, p_video=0.0)
     with torch.no_grad():
         eval_no_face = audio_only.head(visual, audio, visual_present=torch.zeros(B))
         audio_only.train()
@@ -267,11 +284,10 @@ def test_modality_dropout_only_in_training(variant) -> None:
 def test_modality_dropout_is_per_sample(variant) -> None:
     """p_both=0, p_video=0.5: each window of a batch is video-only or audio-only, at random."""
     name, opts = variant
-    model = build(name, **opts, **_no_dropout(name), p_both=0.0, p_video=0.5)
-    faces, tokens = inputs(model, batch=1)
-    visual, audio = features(model, faces, tokens)
+    model = variant_of(name, opts, **_no_dropout(name), p_both=0.0, p_video=0.5)
+    _, _, visual, audio = data(name, **opts)
     n = 32
-    visual, audio = visual.expand(n, -1, -1), audio.expand(n, -1, -1)
+    visual, audio = visual[:1].expand(n, -1, -1), audio[:1].expand(n, -1, -1)
     with torch.no_grad():
         video_only = model.head(visual[:1], None)
         audio_only = model.head(visual[:1], audio[:1], visual_present=torch.zeros(1))
@@ -300,7 +316,7 @@ def test_mtl_dan_frame_encoder_is_frozen() -> None:
     model.train()
     assert not model.backbone.training and not model.expr_head.training
     assert model.lstm.training
-    faces, _ = inputs(model)
+    faces = data("mtl_dan")[0]
     model(faces).sum().backward()
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
@@ -314,13 +330,10 @@ def test_mtl_dan_frame_encoder_is_frozen() -> None:
 
 
 def test_mtl_dan_frame_features() -> None:
-    model = build("mtl_dan")
-    faces, _ = inputs(model)
-    with torch.no_grad():
-        feats = model.encode_frames(faces[0])  # [T, 22]
+    feats = data("mtl_dan")[2].flatten(0, 1)  # [B*T, 22]
     expr, au, va = feats[:, :8], feats[:, 8:20], feats[:, 20:]
-    assert torch.allclose(expr.sum(dim=1), torch.ones(T), atol=1e-5)
-    assert ((au > 0) & (au < 1)).all()
+    assert torch.allclose(expr.sum(dim=1), torch.ones(B * T), atol=1e-5)
+    assert ((au >= 0) & (au <= 1)).all()
     assert (va.abs() <= 1).all()
 
 
@@ -346,16 +359,15 @@ def _torchvision_like(backbone: str) -> dict[str, torch.Tensor]:
 )
 def test_backbone_loads_torchvision_state_dict(variant, source, unexpected_prefixes) -> None:
     name, opts = variant
-    model = build(name, **opts)
     state = _torchvision_like(source)
     # torchvision's key counts: resnet18 122, resnet50 320, vgg16 32.
     assert len(state) == {"resnet18": 122, "resnet50": 320, "vgg16": 32}[source]
     backbone = create_model(name, window=WINDOW, **opts).backbone
-    result = backbone.load_state_dict(state, strict=False)
+    result = backbone.load_state_dict(state, strict=False)  # what the pretrained loader does
     assert result.missing_keys == []
     assert result.unexpected_keys
     assert all(k.startswith(unexpected_prefixes) for k in result.unexpected_keys)
-    assert set(model.backbone.state_dict()) <= set(state)
+    assert set(backbone.state_dict()) <= set(state)
 
 
 def test_torchvision_names_spot_checks() -> None:
@@ -434,19 +446,22 @@ class _Head(nn.Module):
         return self.model.head(visual, self.model.encode_audio(tokens), audio_present=present)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Constant folding:UserWarning")
+@pytest.mark.filterwarnings("ignore:Exporting a model to ONNX with a batch_size:UserWarning")
 @pytest.mark.parametrize("name", ["dual_branch", "mtl_dan"])
 def test_onnx_export_matches_torch(name: str, tmp_path) -> None:
     """encode_frames and head trace to ONNX (opset 17) and match onnxruntime; the full export
     pipeline (models/export.py) has its own tests."""
     ort = pytest.importorskip("onnxruntime")
     model = build(name)
-    faces, tokens = inputs(model)
-    visual, _ = features(model, faces, tokens)
+    faces, tokens, visual, _ = data(name)
     head_args: tuple[torch.Tensor, ...] = (visual,)
     if tokens is not None:
         head_args = (visual, tokens, torch.tensor([1.0, 0.0]))
     cases = [
-        ("frames", _Frames(model).eval(), (faces[0],), ["faces"]),
+        ("frames", _Frames(model).eval(), (faces[0, :2],), ["faces"]),
         ("head", _Head(model).eval(), head_args, ["visual", "audio", "present"][: len(head_args)]),
     ]
     for tag, wrapper, args, names in cases:

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import media_file
+from tests.conftest import media_file
 
 from models.crop import (
     FACE_BOX_IN_TEMPLATE,
