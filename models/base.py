@@ -158,4 +158,3 @@ def modality_dropout_masks(
     keep_video = both | video_only
     keep_audio = both | ~video_only
     return keep_video.float(), keep_audio.float()
-

@@ -71,7 +71,10 @@ def code_version() -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
@@ -148,13 +151,17 @@ def save_bundle(
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     except OSError as exc:
-        raise BundleError(f"Cannot write the bundle in {parent} ({exc.strerror}); "
-                          "choose a writable folder.") from None
+        raise BundleError(
+            f"Cannot write the bundle in {parent} ({exc.strerror}); choose a writable folder."
+        ) from None
     try:
         meta = bundle_meta(model, trained=trained, provenance=provenance)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={
-            "architecture": model.arch_name, "format_version": str(FORMAT_VERSION)})
+        save_file(
+            state,
+            str(tmp / WEIGHTS_FILE),
+            metadata={"architecture": model.arch_name, "format_version": str(FORMAT_VERSION)},
+        )
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         if path.exists():
             shutil.rmtree(path)
@@ -170,17 +177,22 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """bundle.json of ``path``, checked for a format this code understands."""
     path = Path(path)
     if not path.exists():
-        raise BundleError(f"Model bundle {path} does not exist; pass a bundle directory "
-                          "made by `eri train` or omit --model to run an untrained model.")
+        raise BundleError(
+            f"Model bundle {path} does not exist; pass a bundle directory "
+            "made by `eri train` or omit --model to run an untrained model."
+        )
     meta_file = path / BUNDLE_JSON if path.is_dir() else path
     if meta_file.name != BUNDLE_JSON or not meta_file.is_file():
-        raise BundleError(f"{path} is not a model bundle (no {BUNDLE_JSON} in it); "
-                          "pass the directory that `eri train` wrote.")
+        raise BundleError(
+            f"{path} is not a model bundle (no {BUNDLE_JSON} in it); "
+            "pass the directory that `eri train` wrote."
+        )
     try:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(
-            f"{meta_file} is not valid JSON ({exc}); the bundle is damaged.") from None
+            f"{meta_file} is not valid JSON ({exc}); the bundle is damaged."
+        ) from None
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise BundleError(f"{meta_file} has no integer format_version; the bundle is damaged.")
@@ -193,8 +205,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if missing:
         raise BundleError(f"{meta_file} lacks {missing}; the bundle is damaged.")
     if list(meta["emotions"]) != list(EMOTIONS):
-        raise BundleError(f"Bundle {path} predicts {meta['emotions']}, not this project's "
-                          f"{list(EMOTIONS)}; it is not an ERI Live bundle.")
+        raise BundleError(
+            f"Bundle {path} predicts {meta['emotions']}, not this project's "
+            f"{list(EMOTIONS)}; it is not an ERI Live bundle."
+        )
     return meta
 
 
@@ -213,8 +227,11 @@ def load_bundle(path: str | Path | None, *, arch: str = DEFAULT_ARCH) -> Bundle:
     config = dict(meta["config"])
     try:
         model = create_model(
-            meta["architecture"], window=meta["window"], crop=meta["crop"],
-            audio=meta.get("audio"), **config,
+            meta["architecture"],
+            window=meta["window"],
+            crop=meta["crop"],
+            audio=meta.get("audio"),
+            **config,
         )
     except (TypeError, ValueError) as exc:
         raise BundleError(f"Bundle {path} has a config this code cannot build ({exc}).") from None
@@ -227,7 +244,7 @@ def load_bundle(path: str | Path | None, *, arch: str = DEFAULT_ARCH) -> Bundle:
     model.eval()
     bundle = Bundle(model=model, meta=meta, path=path)
     if not bundle.trained:
-        bundle.notes.append(f"UNTRAINED MODEL: {path} is marked \"trained\": false.")
+        bundle.notes.append(f'UNTRAINED MODEL: {path} is marked "trained": false.')
     return bundle
 
 

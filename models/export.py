@@ -27,7 +27,11 @@ OPSET = 18
 # ONNX tensor names: one place, shared by the exporter and every runtime backend.
 FACES, FEATURES = "faces", "features"
 VISUAL, AUDIO_TOKENS, AUDIO_PRESENT, VISUAL_PRESENT = (
-    "visual", "audio_tokens", "audio_present", "visual_present")
+    "visual",
+    "audio_tokens",
+    "audio_present",
+    "visual_present",
+)
 INTENSITIES = "intensities"
 FRAME_ENCODER_FILE, HEAD_FILE = "frame_encoder.onnx", "head.onnx"
 
@@ -60,8 +64,10 @@ def export_format(name: str) -> ExportFormat:
     for fmt in EXPORT_FORMATS:
         if fmt.name == name:
             return fmt
-    raise ValueError(f"Unknown export format {name!r}; choose one of: "
-                     f"{', '.join(f.name for f in EXPORT_FORMATS)}.")
+    raise ValueError(
+        f"Unknown export format {name!r}; choose one of: "
+        f"{', '.join(f.name for f in EXPORT_FORMATS)}."
+    )
 
 
 class FrameEncoderGraph(nn.Module):
@@ -83,8 +89,13 @@ class HeadGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, visual: torch.Tensor, audio_tokens: torch.Tensor,
-                audio_present: torch.Tensor, visual_present: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        visual: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        audio_present: torch.Tensor,
+        visual_present: torch.Tensor,
+    ) -> torch.Tensor:
         audio = self.model.encode_audio(audio_tokens)
         return self.model.head(visual, audio, audio_present, visual_present)
 
@@ -121,8 +132,9 @@ def example_inputs(model: StreamingModel, batch: int, seed: int = 0) -> dict[str
         VISUAL_PRESENT: np.ones(batch, dtype=np.float32),
     }
     if model.has_audio:
-        inputs[AUDIO_TOKENS] = (10 * rng.standard_normal(
-            (batch, t, model.audio_spec.token_dim))).astype(np.float32)
+        inputs[AUDIO_TOKENS] = (
+            10 * rng.standard_normal((batch, t, model.audio_spec.token_dim))
+        ).astype(np.float32)
         inputs[AUDIO_PRESENT] = (np.arange(batch) % 2 == 0).astype(np.float32)
     return inputs
 
@@ -138,8 +150,12 @@ def onnx_metadata(model: StreamingModel, graph: str) -> dict[str, str]:
 
 
 def _export_graph(
-    graph: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], output: str,
-    path: Path, metadata: dict[str, str],
+    graph: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    names: list[str],
+    output: str,
+    path: Path,
+    metadata: dict[str, str],
 ) -> None:
     import onnx
 
@@ -148,8 +164,15 @@ def _export_graph(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            graph, inputs, input_names=names, output_names=[output], opset_version=OPSET,
-            dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, external_data=False,
+            graph,
+            inputs,
+            input_names=names,
+            output_names=[output],
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+            external_data=False,
         )
     proto = program.model_proto
     for key, value in metadata.items():
@@ -167,11 +190,23 @@ def export_onnx(model: StreamingModel, out_dir: str | Path, *, batch: int = 2) -
     example = {k: torch.from_numpy(v) for k, v in example_inputs(model, batch).items()}
     paths = {"frame_encoder": out_dir / FRAME_ENCODER_FILE, "head": out_dir / HEAD_FILE}
     with torch.no_grad():
-        _export_graph(FrameEncoderGraph(model), (example[FACES],), [FACES], FEATURES,
-                      paths["frame_encoder"], onnx_metadata(model, "frame_encoder"))
+        _export_graph(
+            FrameEncoderGraph(model),
+            (example[FACES],),
+            [FACES],
+            FEATURES,
+            paths["frame_encoder"],
+            onnx_metadata(model, "frame_encoder"),
+        )
         names = head_input_names(model)
-        _export_graph(head_graph(model), tuple(example[n] for n in names), names, INTENSITIES,
-                      paths["head"], onnx_metadata(model, "head"))
+        _export_graph(
+            head_graph(model),
+            tuple(example[n] for n in names),
+            names,
+            INTENSITIES,
+            paths["head"],
+            onnx_metadata(model, "head"),
+        )
     log.info("Exported %s to %s", model.arch_name, out_dir)
     return paths
 
@@ -184,8 +219,7 @@ def ort_session(path: str | Path, providers: list[str] | None = None, threads: i
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options,
-                                providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
 def compare_onnx(

@@ -59,9 +59,15 @@ def make_tracker(bundle: Bundle):
 
 
 def analyze(
-    media: str | Path, bundle: Bundle, backend: Backend, *, mode: str = "streaming",
-    csv_path: str | Path | None = None, plot_path: str | Path | None = None,
-    json_path: str | Path | None = None, progress: bool = True,
+    media: str | Path,
+    bundle: Bundle,
+    backend: Backend,
+    *,
+    mode: str = "streaming",
+    csv_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    json_path: str | Path | None = None,
+    progress: bool = True,
 ) -> Analysis:
     """Run ``media`` through the pipeline; write the CSV / plot / JSON that were asked for.
 
@@ -109,20 +115,25 @@ def analyze(
             json.dump(result.summary, json_file, indent=2)
             json_file.write("\n")
     if plot_path and result.rows:
-        plot_curves(result.times, result.intensities, result.face, plot_path,
-                    title=f"{Path(str(media)).name}: emotional reaction intensity",
-                    subtitle=_plot_subtitle(bundle, backend, result))
+        plot_curves(
+            result.times,
+            result.intensities,
+            result.face,
+            plot_path,
+            title=f"{Path(str(media)).name}: emotional reaction intensity",
+            subtitle=_plot_subtitle(bundle, backend, result),
+        )
     if failure is None and len(result.rows) < 2:
         from realtime.pipeline import PipelineError
 
         what = "1 frame" if len(result.rows) == 1 else "no frames or audio"
         failure = PipelineError(
             f"{media} has {what}; ERI measures reactions over time, so give a video of at "
-            "least 2 frames or an audio file of at least 0.1 s.")
+            "least 2 frames or an audio file of at least 0.1 s."
+        )
     if failure is not None:
         if result.rows:
-            log.error("Stopped after %d rows; everything up to then was written.",
-                      len(result.rows))
+            log.error("Stopped after %d rows; everything up to then was written.", len(result.rows))
         raise failure
     return result
 
@@ -138,14 +149,25 @@ def _collect(result: Analysis, out: FrameOutput, writer: PredictionWriter | None
 
 
 def _plot_subtitle(bundle: Bundle, backend: Backend, result: Analysis) -> str:
-    trained = ("" if bundle.trained
-               else "UNTRAINED model (random weights): curves are not meaningful. ")
-    return (f"{trained}{bundle.meta['architecture']} via {backend.describe()}; face on "
-            f"{100 * result.face.mean():.0f}% of frames, audio on {100 * result.audio.mean():.0f}%")
+    trained = (
+        "" if bundle.trained else "UNTRAINED model (random weights): curves are not meaningful. "
+    )
+    return (
+        f"{trained}{bundle.meta['architecture']} via {backend.describe()}; face on "
+        f"{100 * result.face.mean():.0f}% of frames, audio on {100 * result.audio.mean():.0f}%"
+    )
 
 
-def summarise(result: Analysis, media, bundle: Bundle, backend: Backend, mode: str, source,
-              engine: StreamingEngine, wall_s: float) -> dict[str, Any]:
+def summarise(
+    result: Analysis,
+    media,
+    bundle: Bundle,
+    backend: Backend,
+    mode: str,
+    source,
+    engine: StreamingEngine,
+    wall_s: float,
+) -> dict[str, Any]:
     n = len(result.rows)
     values = result.intensities
     return {
@@ -164,8 +186,13 @@ def summarise(result: Analysis, media, bundle: Bundle, backend: Backend, mode: s
         "face_detected_fraction": float(result.face.mean()) if n else 0.0,
         "audio_present_fraction": float(result.audio.mean()) if n else 0.0,
         "emotions": {
-            name: {"mean": float(values[:, i].mean()), "max": float(values[:, i].max()),
-                   "p95": float(np.percentile(values[:, i], 95))} if n else {}
+            name: {
+                "mean": float(values[:, i].mean()),
+                "max": float(values[:, i].max()),
+                "p95": float(np.percentile(values[:, i], 95)),
+            }
+            if n
+            else {}
             for i, name in enumerate(EMOTIONS)
         },
         "wall_s": wall_s,

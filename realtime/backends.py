@@ -43,9 +43,11 @@ def available_backends() -> dict[str, str]:
     try:
         import torch
 
-        status["torch"] = "available (" + (
-            f"CUDA: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
-        ) + ")"
+        status["torch"] = (
+            "available ("
+            + (f"CUDA: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU")
+            + ")"
+        )
     except ImportError as exc:
         status["torch"] = f"unavailable: {exc}"
     try:
@@ -60,7 +62,8 @@ def available_backends() -> dict[str, str]:
         status["tensorrt"] = f"available ({tensorrt.__version__})"
     except ImportError:
         status["tensorrt"] = (
-            "unavailable: install the `tensorrt` extra on a machine with an NVIDIA GPU")
+            "unavailable: install the `tensorrt` extra on a machine with an NVIDIA GPU"
+        )
     return status
 
 
@@ -113,8 +116,10 @@ class TorchBackend(Backend):
     def head(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
-                 for k, v in inputs.items()}
+            t = {
+                k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+                for k, v in inputs.items()
+            }
             return self.graph(*(t[n] for n in self.input_names)).float().cpu().numpy()
 
 
@@ -151,14 +156,17 @@ def weights_digest(model: Any) -> str:
 def cache_dir() -> Path:
     """Where exports of bundles without their own live (``$ERI_CACHE_DIR`` overrides)."""
     root = os.environ.get("ERI_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "eri-live")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "eri-live"
+    )
     return Path(root)
 
 
 def onnx_paths(bundle: Any) -> dict[str, Path]:
     """The bundle's fp32 ONNX graphs: its own exports, else a cached export made now."""
-    own = {g: bundle.export_path(f) for g, f in (("frame_encoder", FRAME_ENCODER_FILE),
-                                                 ("head", HEAD_FILE))}
+    own = {
+        g: bundle.export_path(f)
+        for g, f in (("frame_encoder", FRAME_ENCODER_FILE), ("head", HEAD_FILE))
+    }
     if all(own.values()):
         return own  # type: ignore[return-value]
     target = cache_dir() / "onnx" / f"{bundle.model.arch_name}-{weights_digest(bundle.model)}"
@@ -175,12 +183,15 @@ def onnx_paths(bundle: Any) -> dict[str, Path]:
     return paths
 
 
-def create_backend(bundle: Any, name: str = "auto", precision: str = "fp32",
-                   threads: int = 0) -> Backend:
+def create_backend(
+    bundle: Any, name: str = "auto", precision: str = "fp32", threads: int = 0
+) -> Backend:
     """The backend ``name`` for ``bundle``; ``auto`` picks TensorRT > torch CUDA > ONNX Runtime."""
     if precision != "fp32":
-        raise BackendError(f"Precision {precision} needs the fp16/int8 exports, which this "
-                           "version does not build yet; use --precision fp32.")
+        raise BackendError(
+            f"Precision {precision} needs the fp16/int8 exports, which this "
+            "version does not build yet; use --precision fp32."
+        )
     if name == "auto":
         import torch
 
@@ -190,8 +201,10 @@ def create_backend(bundle: Any, name: str = "auto", precision: str = "fp32",
     if name == "onnxruntime":
         return OnnxRuntimeBackend(bundle, threads=threads)
     if name == "tensorrt":
-        raise BackendError("The tensorrt backend needs TensorRT engines, which this version "
-                           "does not build yet; use --backend onnxruntime or torch.")
+        raise BackendError(
+            "The tensorrt backend needs TensorRT engines, which this version "
+            "does not build yet; use --backend onnxruntime or torch."
+        )
     raise BackendError(f"Unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}.")
 
 

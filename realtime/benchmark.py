@@ -38,21 +38,32 @@ def device_info() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
     import torch
 
     versions = {}
-    for dist in ("eri-live", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "mediapipe",
-                 "av", "numpy"):
+    for dist in (
+        "eri-live",
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "mediapipe",
+        "av",
+        "numpy",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": versions,
@@ -63,8 +74,9 @@ def _open(source: str, frames: int, realtime: bool):
     from realtime.sources import SyntheticSource, open_source
 
     if source == "synthetic":
-        return SyntheticSource(num_frames=frames, fps=30.0, width=640, height=360,
-                               realtime=realtime)
+        return SyntheticSource(
+            num_frames=frames, fps=30.0, width=640, height=360, realtime=realtime
+        )
     return open_source(source, realtime=realtime)
 
 
@@ -76,11 +88,14 @@ def model_only_ms(backend, bundle: Bundle, mode: str, repeats: int = 30) -> list
     rng = np.random.default_rng(0)
     crops = to_tensor_layout(rng.integers(0, 255, (t, s, s, 3), dtype=np.uint8))
     n = 1 if mode != "recompute" else t
-    inputs = {"visual": rng.standard_normal((1, t, model.feature_dim), dtype=np.float32),
-              "visual_present": np.ones(1, np.float32)}
+    inputs = {
+        "visual": rng.standard_normal((1, t, model.feature_dim), dtype=np.float32),
+        "visual_present": np.ones(1, np.float32),
+    }
     if model.has_audio:
-        inputs["audio_tokens"] = rng.standard_normal((1, t, model.audio_spec.token_dim),
-                                                     dtype=np.float32)
+        inputs["audio_tokens"] = rng.standard_normal(
+            (1, t, model.audio_spec.token_dim), dtype=np.float32
+        )
         inputs["audio_present"] = np.ones(1, np.float32)
     inputs = {k: inputs[k] for k in head_input_names(model)}
     for _ in range(3):
@@ -95,12 +110,14 @@ def model_only_ms(backend, bundle: Bundle, mode: str, repeats: int = 30) -> list
     return times
 
 
-def run_once(bundle: Bundle, backend, cfg: Config, source: str, frames: int,
-             warmup: int = 10) -> dict[str, Any]:
+def run_once(
+    bundle: Bundle, backend, cfg: Config, source: str, frames: int, warmup: int = 10
+) -> dict[str, Any]:
     """One pass over the source; per-frame stage times after ``warmup`` frames."""
     tracker = make_tracker(bundle)
-    engine = StreamingEngine(bundle, backend, tracker,
-                             mode="recompute" if cfg.mode == "recompute" else "streaming")
+    engine = StreamingEngine(
+        bundle, backend, tracker, mode="recompute" if cfg.mode == "recompute" else "streaming"
+    )
     src = _open(source, frames + warmup, realtime=cfg.mode == "live")
     stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "latency")}
     count, skipped = 0, 0
@@ -129,9 +146,17 @@ def run_once(bundle: Bundle, backend, cfg: Config, source: str, frames: int,
     return {"frames": count, "wall_s": wall, "stages": stages, "skipped": skipped}
 
 
-def benchmark(bundle: Bundle, *, backends: list[str], precisions: list[str], modes: list[str],
-              source: str = "synthetic", frames: int = 300, repeats: int = 3,
-              threads: int = 0) -> dict[str, Any]:
+def benchmark(
+    bundle: Bundle,
+    *,
+    backends: list[str],
+    precisions: list[str],
+    modes: list[str],
+    source: str = "synthetic",
+    frames: int = 300,
+    repeats: int = 3,
+    threads: int = 0,
+) -> dict[str, Any]:
     """Run every configuration ``repeats`` times, interleaved, and summarise each."""
     configs = [Config(b, p, m) for b, p, m in itertools.product(backends, precisions, modes)]
     built: dict[tuple[str, str], Any] = {}
@@ -145,15 +170,20 @@ def benchmark(bundle: Bundle, *, backends: list[str], precisions: list[str], mod
             except (BackendError, ImportError) as exc:
                 built[key] = exc
         if isinstance(built[key], Exception):
-            rows[i] = {"backend": cfg.backend, "precision": cfg.precision, "mode": cfg.mode,
-                       "status": f"unavailable: {built[key]}"}
+            rows[i] = {
+                "backend": cfg.backend,
+                "precision": cfg.precision,
+                "mode": cfg.mode,
+                "status": f"unavailable: {built[key]}",
+            }
     for r in range(repeats):
         for i, cfg in enumerate(configs):
             if i in rows:
                 continue
             log.info("run %d/%d: %s %s %s", r + 1, repeats, cfg.backend, cfg.precision, cfg.mode)
-            runs[i].append(run_once(bundle, built[(cfg.backend, cfg.precision)], cfg, source,
-                                    frames))
+            runs[i].append(
+                run_once(bundle, built[(cfg.backend, cfg.precision)], cfg, source, frames)
+            )
     for i, cfg in enumerate(configs):
         if i in rows:
             continue
@@ -161,11 +191,17 @@ def benchmark(bundle: Bundle, *, backends: list[str], precisions: list[str], mod
         rs = runs[i]
         fps_runs = [r["frames"] / r["wall_s"] for r in rs if r["wall_s"] > 0]
         total = [v for r in rs for v in r["stages"]["total"]]
-        stages = {s: percentiles([v for r in rs for v in r["stages"].get(s, [])], (50, 95))
-                  for s in (*STAGES, "latency") if any(r["stages"].get(s) for r in rs)}
+        stages = {
+            s: percentiles([v for r in rs for v in r["stages"].get(s, [])], (50, 95))
+            for s in (*STAGES, "latency")
+            if any(r["stages"].get(s) for r in rs)
+        }
         step = model_only_ms(backend, bundle, cfg.mode)
         row = {
-            "backend": cfg.backend, "precision": cfg.precision, "mode": cfg.mode, "status": "ok",
+            "backend": cfg.backend,
+            "precision": cfg.precision,
+            "mode": cfg.mode,
+            "status": "ok",
             "device": backend.device,
             "fps": float(np.median(fps_runs)) if fps_runs else None,
             "fps_runs": fps_runs,
@@ -178,13 +214,21 @@ def benchmark(bundle: Bundle, *, backends: list[str], precisions: list[str], mod
         }
         if cfg.mode == "live":
             row["frame_to_output_ms"] = percentiles(
-                [v for r in rs for v in r["stages"].get("latency", [])])
+                [v for r in rs for v in r["stages"].get("latency", [])]
+            )
         rows[i] = row
     ordered = [rows[i] for i in range(len(configs))]
-    return {"device": device_info(), "model": bundle.name, "trained": bundle.trained,
-            "architecture": bundle.meta["architecture"], "source": source,
-            "frames_per_run": frames, "repeats": repeats, "rows": ordered,
-            "ratios": _ratios(ordered)}
+    return {
+        "device": device_info(),
+        "model": bundle.name,
+        "trained": bundle.trained,
+        "architecture": bundle.meta["architecture"],
+        "source": source,
+        "frames_per_run": frames,
+        "repeats": repeats,
+        "rows": ordered,
+        "ratios": _ratios(ordered),
+    }
 
 
 def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -194,37 +238,50 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
         if r.get("status") != "ok" or r["mode"] != "recompute":
             continue
         for s in rows:
-            if (s.get("status") == "ok" and s["mode"] == "streaming"
-                    and s["backend"] == r["backend"] and s["precision"] == r["precision"]):
+            if (
+                s.get("status") == "ok"
+                and s["mode"] == "streaming"
+                and s["backend"] == r["backend"]
+                and s["precision"] == r["precision"]
+            ):
                 key = f"{r['backend']}/{r['precision']}"
                 out[f"{key} model step recompute/streaming"] = (
-                    r["model_step_ms"]["p50"] / s["model_step_ms"]["p50"])
+                    r["model_step_ms"]["p50"] / s["model_step_ms"]["p50"]
+                )
                 out[f"{key} end-to-end fps streaming/recompute"] = s["fps"] / r["fps"]
     return out
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The benchmark as a Markdown table (also what `eri benchmark` prints)."""
-    head = ("| backend | precision | mode | status | FPS (median) | total p50/p95/p99 ms | "
-            "decode p50 | face p50 | encoder p50 | head p50 | model step p50 ms |")
+    head = (
+        "| backend | precision | mode | status | FPS (median) | total p50/p95/p99 ms | "
+        "decode p50 | face p50 | encoder p50 | head p50 | model step p50 ms |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in result["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['backend']} | {r['precision']} | {r['mode']} | {r['status']} |"
-                         + " |" * 7)
+            lines.append(
+                f"| {r['backend']} | {r['precision']} | {r['mode']} | {r['status']} |" + " |" * 7
+            )
             continue
         st = r["stages"]
         lat = r["latency_ms"]
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['mode']} | ok | {r['fps']:.1f} | "
             f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} | "
-            + " | ".join(f"{st[s]['p50']:.2f}" if s in st else "-"
-                         for s in ("decode", "face", "encoder", "head"))
-            + f" | {r['model_step_ms']['p50']:.2f} |")
+            + " | ".join(
+                f"{st[s]['p50']:.2f}" if s in st else "-"
+                for s in ("decode", "face", "encoder", "head")
+            )
+            + f" | {r['model_step_ms']['p50']:.2f} |"
+        )
         if "frame_to_output_ms" in r:
             f2o = r["frame_to_output_ms"]
-            lines[-1] += (f" frame-to-output p50/p95 {f2o['p50']:.1f}/{f2o['p95']:.1f} ms, "
-                          f"skipped {r['skipped']}")
+            lines[-1] += (
+                f" frame-to-output p50/p95 {f2o['p50']:.1f}/{f2o['p95']:.1f} ms, "
+                f"skipped {r['skipped']}"
+            )
     for k, v in result["ratios"].items():
         lines.append(f"\n{k}: {v:.1f}x")
     return "\n".join(lines)

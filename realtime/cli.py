@@ -55,9 +55,23 @@ def collect_info() -> dict[str, Any]:
     """Versions, cameras, microphones, GPUs and backends, as a JSON-able dict."""
     from realtime.backends import available_backends
 
-    dists = ["eri-live", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-             "mediapipe", "opencv-contrib-python", "opencv-python", "av", "numpy",
-             "sounddevice", "PySide6-Essentials", "PySide6", "pyqtgraph"]
+    dists = [
+        "eri-live",
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "mediapipe",
+        "opencv-contrib-python",
+        "opencv-python",
+        "av",
+        "numpy",
+        "sounddevice",
+        "PySide6-Essentials",
+        "PySide6",
+        "pyqtgraph",
+    ]
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -85,8 +99,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"ERI Live {info['versions'].get('eri-live', '?')} on Python {info['python']}, "
-          f"{info['platform']}, {info['cpu_count']} CPUs")
+    print(
+        f"ERI Live {info['versions'].get('eri-live', '?')} on Python {info['python']}, "
+        f"{info['platform']}, {info['cpu_count']} CPUs"
+    )
     print("Versions:")
     for name, ver in info["versions"].items():
         print(f"  {name:24s} {ver}")
@@ -96,12 +112,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {name:12s} {status}")
     if "microphone_support" in info:
         mic = info["microphone_support"]
-        print("Microphones: " + (", ".join(str(m.get("name", m)) for m in info["microphones"]) or
-                                 ("none found" if mic["available"] else mic["note"])))
+        print(
+            "Microphones: "
+            + (
+                ", ".join(str(m.get("name", m)) for m in info["microphones"])
+                or ("none found" if mic["available"] else mic["note"])
+            )
+        )
         cams = info["cameras"]
-        print("Cameras:     " + (", ".join(
-            f"{c.get('index', '?')}: {c.get('width', '?')}x{c.get('height', '?')}" for c in cams)
-            or "none found"))
+        print(
+            "Cameras:     "
+            + (
+                ", ".join(
+                    f"{c.get('index', '?')}: {c.get('width', '?')}x{c.get('height', '?')}"
+                    for c in cams
+                )
+                or "none found"
+            )
+        )
     return 0
 
 
@@ -134,21 +162,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as exc:
         raise UserError(
-            f"Cannot write to {out_dir} ({exc.strerror}); pass a writable --out.") from None
+            f"Cannot write to {out_dir} ({exc.strerror}); pass a writable --out."
+        ) from None
     paths = export_onnx(bundle.model, out_dir)
     for graph, path in paths.items():
         log.info("wrote %s", path)
         if out_dir == bundle.path:
-            record_export(bundle.path, path.name, {"file": path.name, "format": fmt.name,
-                                                   "precision": fmt.precision, "graph": graph})
+            record_export(
+                bundle.path,
+                path.name,
+                {"file": path.name, "format": fmt.name, "precision": fmt.precision, "graph": graph},
+            )
     if args.check:
         diffs = compare_onnx(bundle.model, paths)
         worst = max(diffs.values())
         for name, diff in diffs.items():
             print(f"{name}: max |onnxruntime - torch| = {diff:.3e}")
         if worst > FP32_TOLERANCE:
-            raise UserError(f"ONNX Runtime differs from torch by {worst:.3e} > {FP32_TOLERANCE}; "
-                            "the export is not faithful, report this with the bundle.")
+            raise UserError(
+                f"ONNX Runtime differs from torch by {worst:.3e} > {FP32_TOLERANCE}; "
+                "the export is not faithful, report this with the bundle."
+            )
         print(f"OK: within {FP32_TOLERANCE:g}")
     return 0
 
@@ -174,14 +208,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not media.exists():
         raise UserError(f"{media} does not exist; pass a video, audio file or session folder.")
     bundle, backend = _load_model(args)
-    result = analyze(media, bundle, backend, mode=args.mode, csv_path=args.out,
-                     plot_path=args.plot, json_path=args.json,
-                     progress=not args.no_progress)
+    result = analyze(
+        media,
+        bundle,
+        backend,
+        mode=args.mode,
+        csv_path=args.out,
+        plot_path=args.plot,
+        json_path=args.json,
+        progress=not args.no_progress,
+    )
     s = result.summary
-    log.info("%d rows in %.1f s (%.1f frames/s); face on %.1f%%, audio on %.1f%% of rows%s",
-             s["rows"], s["wall_s"], s["fps"] or 0.0, 100 * s["face_detected_fraction"],
-             100 * s["audio_present_fraction"],
-             "" if s["has_audio"] else f" ({s['audio_note'] or 'no audio'})")
+    log.info(
+        "%d rows in %.1f s (%.1f frames/s); face on %.1f%%, audio on %.1f%% of rows%s",
+        s["rows"],
+        s["wall_s"],
+        s["fps"] or 0.0,
+        100 * s["face_detected_fraction"],
+        100 * s["audio_present_fraction"],
+        "" if s["has_audio"] else f" ({s['audio_note'] or 'no audio'})",
+    )
     for what, path in (("CSV", args.out), ("plot", args.plot), ("JSON", args.json)):
         if path:
             log.info("wrote %s %s", what, path)
@@ -208,9 +254,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     for note in bundle.notes:
         log.warning("%s", note)
-    result = benchmark(bundle, backends=split(args.backends), precisions=split(args.precisions),
-                       modes=modes, source=args.source, frames=args.frames,
-                       repeats=args.repeats, threads=args.threads)
+    result = benchmark(
+        bundle,
+        backends=split(args.backends),
+        precisions=split(args.precisions),
+        modes=modes,
+        source=args.source,
+        frames=args.frames,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -231,14 +284,16 @@ def _stub(name: str) -> Callable[[argparse.Namespace], int]:
 # --------------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle directory (default: untrained dual_branch)")
-    p.add_argument("--backend", default="auto",
-                   choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"]
+    )
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="eri", description="ERI Live: real-time Emotional Reaction Intensity.")
+        prog="eri", description="ERI Live: real-time Emotional Reaction Intensity."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -300,8 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=[f.name for f in EXPORT_FORMATS])
     p.add_argument("--calib")
     p.add_argument("--out", help="output directory (default: the bundle itself)")
-    p.add_argument("--check", action="store_true",
-                   help="compare ONNX Runtime with torch and print the largest difference")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare ONNX Runtime with torch and print the largest difference",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("calibrate", help="INT8 calibration")
@@ -315,8 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="synthetic")
     p.add_argument("--backends", default="torch,onnxruntime")
     p.add_argument("--precisions", default="fp32")
-    p.add_argument("--mode", default="streaming,recompute",
-                   help="comma list of streaming, recompute, live (paced at the source's rate)")
+    p.add_argument(
+        "--mode",
+        default="streaming,recompute",
+        help="comma list of streaming, recompute, live (paced at the source's rate)",
+    )
     p.add_argument("--frames", type=int, default=300, help="measured frames per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration, interleaved")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: runtime default)")

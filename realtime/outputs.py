@@ -14,8 +14,13 @@ from models.spec import EMOTIONS
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS: tuple[str, ...] = ("time_s", "frame_index", "face_detected", "audio_present",
-                                *EMOTIONS)
+CSV_COLUMNS: tuple[str, ...] = (
+    "time_s",
+    "frame_index",
+    "face_detected",
+    "audio_present",
+    *EMOTIONS,
+)
 FLUSH_EVERY_S = 1.0
 
 
@@ -95,8 +100,13 @@ def _spans(times: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
 
 
 def plot_curves(
-    times: np.ndarray, intensities: np.ndarray, face: np.ndarray, path: str | Path, *,
-    title: str, subtitle: str = "",
+    times: np.ndarray,
+    intensities: np.ndarray,
+    face: np.ndarray,
+    path: str | Path,
+    *,
+    title: str,
+    subtitle: str = "",
 ) -> Path:
     """PNG of the seven curves [N, 7] over time [N], face-lost spans shaded grey."""
     import matplotlib
@@ -105,14 +115,16 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig, axes = plt.subplots(len(EMOTIONS), 1, figsize=(11, 9), sharex=True,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        len(EMOTIONS), 1, figsize=(11, 9), sharex=True, constrained_layout=True
+    )
     colours = plt.get_cmap("tab10").colors
     lost = _spans(times, face < 0.5) if len(times) else []
     for i, (ax, name) in enumerate(zip(axes, EMOTIONS)):
         for a, b in lost:
-            ax.axvspan(a, b, color="0.85", lw=0, label="face lost" if i == 0 and a == lost[0][0]
-                       else None)
+            ax.axvspan(
+                a, b, color="0.85", lw=0, label="face lost" if i == 0 and a == lost[0][0] else None
+            )
         ax.plot(times, intensities[:, i], color=colours[i % 10], lw=1.4)
         ax.set_ylim(0, 1)
         ax.set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center")
@@ -129,8 +141,9 @@ def plot_curves(
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
     except OSError as exc:
-        raise OutputWriteError(f"Cannot write the plot {path} ({exc.strerror}); "
-                               "choose a writable location.") from None
+        raise OutputWriteError(
+            f"Cannot write the plot {path} ({exc.strerror}); choose a writable location."
+        ) from None
     finally:
         plt.close(fig)
     return path

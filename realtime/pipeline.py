@@ -73,8 +73,15 @@ class StreamingEngine:
     batched encoder, ~1e-6).
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, tracker, *, mode: str = "streaming",
-                 max_fps: float = 60.0) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: Backend,
+        tracker,
+        *,
+        mode: str = "streaming",
+        max_fps: float = 60.0,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of: {', '.join(MODES)}.")
         model = bundle.model
@@ -92,8 +99,9 @@ class StreamingEngine:
         self.audio_levels: RingBuffer | None = None  # mean dB of each MFCC frame, by end time
         if self.audio_spec is not None:
             frames_per_s = self.audio_spec.sample_rate / self.audio_spec.hop_length
-            self.audio_levels = RingBuffer(int(self.audio_capacity_s * frames_per_s) + 8, (),
-                                           np.float32)
+            self.audio_levels = RingBuffer(
+                int(self.audio_capacity_s * frames_per_s) + 8, (), np.float32
+            )
         self.feature_dim = model.feature_dim
         self.start_s: float | None = None
         self.audio_gaps = 0
@@ -121,8 +129,9 @@ class StreamingEngine:
         gap = chunk.time_s - self.audio.time_s if self.audio is not None else 0.0
         if self.audio is None or gap > MAX_AUDIO_GAP_S:
             self.audio_gaps += self.audio is not None
-            self.audio = StreamingFrontEnd(self.audio_spec, self.audio_capacity_s,
-                                           start_s=chunk.time_s)
+            self.audio = StreamingFrontEnd(
+                self.audio_spec, self.audio_capacity_s, start_s=chunk.time_s
+            )
         elif gap * sr >= 1.0:  # dropped chunks: keep the clock right with silence
             self.audio_gaps += 1
             self._push_samples(np.zeros(int(round(gap * sr)), np.float32))
@@ -175,13 +184,17 @@ class StreamingEngine:
         outputs = []
         for frame, face, f_ms in zip(frames, faces, face_ms):
             h0 = time.perf_counter()
-            out, recompute_ms = self._head(frame.time_s, frame.index,
-                                           visual_present=face.crop is not None)
+            out, recompute_ms = self._head(
+                frame.time_s, frame.index, visual_present=face.crop is not None
+            )
             h_ms = (time.perf_counter() - h0) * 1e3
             out.face_detected = face.crop is not None
             out.box = None if face.box is None else tuple(float(v) for v in face.box)
-            out.stages_ms = {"face": f_ms, "encoder": encode_ms + recompute_ms,
-                             "head": h_ms - recompute_ms}
+            out.stages_ms = {
+                "face": f_ms,
+                "encoder": encode_ms + recompute_ms,
+                "head": h_ms - recompute_ms,
+            }
             out.stages_ms["total"] = sum(out.stages_ms.values())
             outputs.append(out)
         self.frames += len(frames)
@@ -226,8 +239,9 @@ class StreamingEngine:
         if self.audio_spec is not None:
             if self.audio is not None and len(self.audio):
                 tokens, _ = self.audio.tokens(times)
-                audio_present = self._audio_present(t, t - min(self.window.context_s, t - start)
-                                                    - self.audio_spec.token_s)
+                audio_present = self._audio_present(
+                    t, t - min(self.window.context_s, t - start) - self.audio_spec.token_s
+                )
             else:
                 tokens = np.zeros((len(times), self.audio_spec.token_dim), np.float32)
             inputs[AUDIO_TOKENS] = tokens[None]
@@ -236,15 +250,22 @@ class StreamingEngine:
         if not np.all(np.isfinite(intensities)):
             raise PipelineError(
                 f"The model produced NaN/inf at t={t:.3f} s with backend "
-                f"{self.backend.describe()}; the model bundle is broken, retrain or re-export it.")
-        out = FrameOutput(time_s=t, frame_index=index, face_detected=False,
-                          audio_present=audio_present, intensities=intensities.astype(np.float32))
+                f"{self.backend.describe()}; the model bundle is broken, retrain or re-export it."
+            )
+        out = FrameOutput(
+            time_s=t,
+            frame_index=index,
+            face_detected=False,
+            audio_present=audio_present,
+            intensities=intensities.astype(np.float32),
+        )
         return out, recompute_ms
 
 
 # ---------------------------------------------------------------------- drivers
-def run_offline(source: Source, engine: StreamingEngine,
-                batch: int = OFFLINE_BATCH) -> Iterator[FrameOutput]:
+def run_offline(
+    source: Source, engine: StreamingEngine, batch: int = OFFLINE_BATCH
+) -> Iterator[FrameOutput]:
     """Every event of ``source`` through ``engine``, as fast as possible (analysis).
 
     Yields one output per video frame (frames are encoded ``batch`` at a time; audio is fed as
@@ -300,8 +321,13 @@ class LiveRunner:
     queue. Each output's ``stages_ms["latency"]`` is frame arrival -> output, in ms.
     """
 
-    def __init__(self, source: Source, engine: StreamingEngine, audio_queue_s: float = 5.0,
-                 on_event: Callable[[VideoFrame | AudioChunk], None] | None = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        engine: StreamingEngine,
+        audio_queue_s: float = 5.0,
+        on_event: Callable[[VideoFrame | AudioChunk], None] | None = None,
+    ) -> None:
         self.source, self.engine = source, engine
         self.frames: LatestSlot[tuple[VideoFrame, float]] = LatestSlot()
         self.audio: BoundedQueue[AudioChunk] = BoundedQueue(max(8, int(audio_queue_s * 50)))
@@ -361,5 +387,10 @@ class LiveRunner:
 
 def output_row(out: FrameOutput) -> list[float | int]:
     """The CSV row of DESIGN.md for one output step."""
-    return [round(out.time_s, 4), out.frame_index, int(out.face_detected),
-            int(out.audio_present), *(float(v) for v in out.intensities[:NUM_EMOTIONS])]
+    return [
+        round(out.time_s, 4),
+        out.frame_index,
+        int(out.face_detected),
+        int(out.audio_present),
+        *(float(v) for v in out.intensities[:NUM_EMOTIONS]),
+    ]

@@ -355,9 +355,10 @@ class FileSource(Source):
     """A video file with its audio track, or an audio-only file, decoded with PyAV.
 
     ``realtime=False`` decodes as fast as possible (analysis); ``realtime=True`` releases each
-    event at its timestamp (live viewing; ``speed`` < 1 plays slower) and never sleeps to catch up
-    with a slow consumer. ``audio=False`` ignores the audio track; ``loop=True`` plays the file again and again with
-    times continuing (the clock never goes back). Video frames come out as RGB uint8; audio is
+    event at its timestamp (live viewing; ``speed`` < 1 plays slower) and never sleeps to catch
+    up with a slow consumer. ``audio=False`` ignores the audio track; ``loop=True`` plays the
+    file again and again with times continuing (the clock never goes back). Video frames come
+    out as RGB uint8; audio is
     resampled to mono float32 at :data:`AUDIO_RATE` (gaps in the track are filled with silence
     so chunk times and sample counts agree). Frames and chunks are merged into nondecreasing
     time with a small bounded reorder buffer.

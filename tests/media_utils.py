@@ -9,8 +9,13 @@ import av
 import numpy as np
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30,
-                audio: np.ndarray | None = None, sample_rate: int = 16000) -> Path:
+def write_video(
+    path: Path,
+    frames: list[np.ndarray],
+    fps: int = 30,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+) -> Path:
     """Write RGB frames [H, W, 3] uint8 as H.264 (+ AAC audio [S] float32 mono) in an MP4."""
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=fps)
@@ -28,7 +33,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 30,
         if as_ is not None:
             pts = 0
             for i in range(0, len(audio), 1024):
-                block = audio[i:i + 1024].astype(np.float32)[None]
+                block = audio[i : i + 1024].astype(np.float32)[None]
                 frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
                 frame.sample_rate = sample_rate
                 frame.pts = pts

@@ -53,8 +53,10 @@ def test_save_load_gives_identical_outputs(arch, tmp_path):
 def test_untrained_default_is_deterministic_and_flagged():
     a, b = untrained_bundle(), untrained_bundle()
     assert a.meta["architecture"] == "dual_branch" and not a.trained
-    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),
-                                                 b.model.state_dict().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values())
+    )
 
 
 def test_save_refuses_existing_and_leaves_nothing_half_written(tmp_path):

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tests.conftest import media_file
 
 from models.crop import (
     FACE_BOX_IN_TEMPLATE,
@@ -27,6 +26,7 @@ from models.crop import (
     transform_points,
 )
 from models.spec import CropSpec
+from tests.conftest import media_file
 
 SPEC = CropSpec()
 TEMPLATE = SPEC.template_points()

@@ -55,9 +55,15 @@ def speech_on_face(tmp_path_factory):
 
 def test_analyze_wolfgang_rows_face_plot(bundle, ort_backend, tmp_path):
     media = media_file("video/WolfgangLanger_Pexels.mp4")
-    result = analyze(media, bundle, ort_backend, csv_path=tmp_path / "a.csv",
-                     plot_path=tmp_path / "a.png", json_path=tmp_path / "a.json",
-                     progress=False)
+    result = analyze(
+        media,
+        bundle,
+        ort_backend,
+        csv_path=tmp_path / "a.csv",
+        plot_path=tmp_path / "a.png",
+        json_path=tmp_path / "a.json",
+        progress=False,
+    )
     cols = read_predictions(tmp_path / "a.csv")
     assert list(cols) == list(CSV_COLUMNS)
     assert len(cols["time_s"]) == 472
@@ -74,10 +80,13 @@ def test_analyze_wolfgang_rows_face_plot(bundle, ort_backend, tmp_path):
     assert png.shape[0] > 400 and png.shape[1] > 600
 
 
-@pytest.mark.parametrize("name, face_first, early_end, late_start", [
-    ("face_noface.mov", True, 2.3, 3.0),  # the face is cut at ~2.43 s
-    ("noface_face.mov", False, 3.8, 4.1),  # the face appears at ~3.95 s
-])
+@pytest.mark.parametrize(
+    "name, face_first, early_end, late_start",
+    [
+        ("face_noface.mov", True, 2.3, 3.0),  # the face is cut at ~2.43 s
+        ("noface_face.mov", False, 3.8, 4.1),  # the face appears at ~3.95 s
+    ],
+)
 def test_face_lost_spans(bundle, ort_backend, name, face_first, early_end, late_start):
     result = analyze(media_file(f"video/{name}"), bundle, ort_backend, progress=False)
     t, face = result.times, result.face
@@ -139,8 +148,7 @@ def test_torch_and_onnxruntime_agree(bundle, ort_backend):
 
 
 def test_wav_file_runs_audio_only(bundle, ort_backend):
-    result = analyze(media_file("audio/speech_emotion/15.wav"), bundle, ort_backend,
-                     progress=False)
+    result = analyze(media_file("audio/speech_emotion/15.wav"), bundle, ort_backend, progress=False)
     assert len(result.rows) >= 10
     assert result.face.max() == 0 and result.audio[result.times > 0.2].min() == 1
 
@@ -148,8 +156,9 @@ def test_wav_file_runs_audio_only(bundle, ort_backend):
 def test_small_window_model(tmp_path):
     """A non-default WindowSpec travels with the model through the whole pipeline."""
     b = untrained_bundle("mtl_dan", window=WindowSpec(num_samples=8, context_s=2.0))
-    result = analyze(media_file("video/single_face.mp4"), b, create_backend(b, "torch"),
-                     progress=False)
+    result = analyze(
+        media_file("video/single_face.mp4"), b, create_backend(b, "torch"), progress=False
+    )
     assert len(result.rows) == 72 and result.audio.max() == 0
 
 
@@ -175,8 +184,9 @@ def test_cli_bad_input(tmp_path, caplog):
 
 def test_cli_one_frame_video(tmp_path, caplog):
     one = write_video(tmp_path / "one.mp4", decode_frames(media_file("video/single_face.mp4"), 1))
-    code, msg = _run(["analyze", str(one), "--no-progress", "--out", str(tmp_path / "o.csv")],
-                     caplog)
+    code, msg = _run(
+        ["analyze", str(one), "--no-progress", "--out", str(tmp_path / "o.csv")], caplog
+    )
     assert code == 1 and "1 frame" in msg
     assert (tmp_path / "o.csv").is_file()  # what was computed is kept
 
@@ -197,6 +207,7 @@ def test_cli_unwritable_output(tmp_path, caplog):
     media = media_file("video/single_face.mp4")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, msg = _run(["analyze", str(media), "--no-progress", "--out",
-                      str(blocker / "sub" / "a.csv")], caplog)
+    code, msg = _run(
+        ["analyze", str(media), "--no-progress", "--out", str(blocker / "sub" / "a.csv")], caplog
+    )
     assert code == 1 and "writable" in msg
