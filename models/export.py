@@ -211,14 +211,19 @@ def export_onnx(model: StreamingModel, out_dir: str | Path, *, batch: int = 2) -
     return paths
 
 
-def ort_session(path: str | Path, providers: list[str] | None = None, threads: int = 0):
-    """An ONNX Runtime session (CPU unless ``providers`` says otherwise)."""
+def ort_session(
+    path: str | Path, providers: list[str] | None = None, threads: int = 0, spin: bool = True
+):
+    """An ONNX Runtime session (CPU unless ``providers`` says otherwise). ``spin=False`` stops
+    idle intra-op threads from busy-waiting, leaving the cores to other pipeline stages."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 

@@ -263,6 +263,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         frames=args.frames,
         repeats=args.repeats,
         threads=args.threads,
+        pace_fps=args.pace_fps,
     )
     print(format_table(result))
     if args.json:
@@ -381,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=300, help="measured frames per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration, interleaved")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: runtime default)")
+    p.add_argument(
+        "--pace-fps",
+        type=float,
+        help="frame rate the live mode plays the source at (default: its own)",
+    )
     p.add_argument("--json")
     p.set_defaults(func=cmd_benchmark)
     return parser

@@ -44,7 +44,7 @@ OFFLINE_BATCH = 8
 MAX_AUDIO_GAP_S = 1.0
 #: Output steps per second when a source has audio but no video (a wav file).
 AUDIO_ONLY_RATE = 10.0
-STAGES = ("decode", "face", "encoder", "head", "total")
+STAGES = ("decode", "audio", "face", "encoder", "head", "total")
 
 
 class PipelineError(RuntimeError):
@@ -276,7 +276,8 @@ def run_offline(
     next_audio_only = None
     audio_only = source.fps is None
     pending: list[VideoFrame] = []
-    decode_ms: list[float] = []
+    frame_costs: list[tuple[float, float]] = []  # (decode ms, audio ms) per pending frame
+    decode_acc = audio_acc = 0.0  # time spent since the previous video frame
     events = iter(source)
     while True:
         d0 = time.perf_counter()
@@ -284,33 +285,35 @@ def run_offline(
             event = next(events)
         except StopIteration:
             event = None
+        decode_acc += (time.perf_counter() - d0) * 1e3
         if event is None or (isinstance(event, VideoFrame) and len(pending) == batch):
-            for out, d_ms in zip(engine.process_frames(pending) if pending else [], decode_ms):
-                out.stages_ms["decode"] = d_ms
-                out.stages_ms["total"] += d_ms
+            outputs = engine.process_frames(pending) if pending else []
+            for out, (decode_ms, audio_ms) in zip(outputs, frame_costs):
+                out.stages_ms.update(decode=decode_ms, audio=audio_ms)
+                out.stages_ms["total"] += decode_ms + audio_ms
                 yield out
-            pending, decode_ms = [], []
+            pending, frame_costs = [], []
             if event is None:
                 break
         if isinstance(event, AudioChunk):
+            a0 = time.perf_counter()
             engine.push_audio(event)
+            audio_acc += (time.perf_counter() - a0) * 1e3
             if audio_only:
-                end = event.time_s + event.samples.size / engine_rate(engine)
                 if next_audio_only is None:
                     next_audio_only = event.time_s + 1.0 / AUDIO_ONLY_RATE
-                while next_audio_only <= end + 1e-9:
+                while next_audio_only <= event.end_s + 1e-9:
                     out = engine.output_at(next_audio_only, step)
-                    out.stages_ms["decode"] = (time.perf_counter() - d0) * 1e3
+                    out.stages_ms.update(decode=decode_acc, audio=audio_acc)
+                    out.stages_ms["total"] += decode_acc + audio_acc
+                    decode_acc = audio_acc = 0.0
                     step += 1
                     next_audio_only += 1.0 / AUDIO_ONLY_RATE
                     yield out
             continue
         pending.append(event)
-        decode_ms.append((time.perf_counter() - d0) * 1e3)
-
-
-def engine_rate(engine: StreamingEngine) -> int:
-    return engine.audio_spec.sample_rate if engine.audio_spec else 16000
+        frame_costs.append((decode_acc, audio_acc))
+        decode_acc = audio_acc = 0.0
 
 
 class LiveRunner:
@@ -361,17 +364,23 @@ class LiveRunner:
         self.engine.warmup()
         self._thread.start()
         try:
+            audio_ms = 0.0
             while not self._stop.is_set():
                 item = self.frames.get(timeout=0.1)
+                a0 = time.perf_counter()
                 for chunk in self.audio.drain():
                     self.engine.push_audio(chunk)
+                audio_ms += (time.perf_counter() - a0) * 1e3
                 if item is None:
                     if self.frames.closed:
                         break
                     continue
                 frame, arrived = item
                 out = self.engine.process_frame(frame)
+                out.stages_ms["audio"] = audio_ms
+                out.stages_ms["total"] += audio_ms
                 out.stages_ms["latency"] = (time.perf_counter() - arrived) * 1e3
+                audio_ms = 0.0
                 yield out
         finally:
             self.stop()

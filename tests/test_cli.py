@@ -1,0 +1,97 @@
+"""The `eri` command: info, models, benchmark JSON, stubs and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from realtime.cli import main
+
+
+def test_models_lists_the_three_architectures(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert names == ["cnn_lstm", "dual_branch", "mtl_dan"]
+    assert "(default)" in next(line for line in out.splitlines() if line.startswith("dual_branch"))
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"torch", "onnxruntime"} <= set(info["versions"])
+    assert info["backends"]["onnxruntime"].startswith("available")
+    assert "microphone_support" in info and isinstance(info["cameras"], list)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["view"],
+        ["record", "--out", "x"],
+        ["train", "--data", "d"],
+        ["evaluate", "b", "--data", "d"],
+        ["calibrate", "b", "--data", "d", "--out", "c"],
+    ],
+)
+def test_later_commands_say_not_implemented(command):
+    assert main(command) == 2
+
+
+def test_console_script_runs():
+    """The installed `eri` entry point (python -m form) works in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "realtime.cli", "models"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "dual_branch" in out.stdout
+
+
+def test_unknown_bundle_is_one_clear_error(tmp_path, caplog):
+    assert main(["export", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in caplog.text
+
+
+def test_benchmark_json_schema(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ERI_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "benchmark",
+            "--source",
+            "synthetic",
+            "--backends",
+            "onnxruntime,tensorrt",
+            "--mode",
+            "streaming,recompute",
+            "--frames",
+            "12",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert {"cpu", "cores", "versions"} <= set(result["device"])
+    rows = {(r["backend"], r["mode"]): r for r in result["rows"]}
+    assert rows[("tensorrt", "streaming")]["status"].startswith("unavailable")
+    for mode in ("streaming", "recompute"):
+        row = rows[("onnxruntime", mode)]
+        assert row["status"] == "ok" and row["precision"] == "fp32"
+        assert row["fps"] > 0
+        assert set(row["latency_ms"]) == {"p50", "p95", "p99"}
+        assert {"decode", "face", "encoder", "head", "total"} <= set(row["stages"])
+        assert all(set(v) == {"p50", "p95"} for v in row["stages"].values())
+    # Recompute re-encodes 32 crops per step: its encoder stage must cost more.
+    assert (
+        rows[("onnxruntime", "recompute")]["stages"]["encoder"]["p50"]
+        > rows[("onnxruntime", "streaming")]["stages"]["encoder"]["p50"]
+    )
+    assert "| onnxruntime | fp32 | streaming | ok |" in capsys.readouterr().out
