@@ -159,6 +159,8 @@ def _export_graph(
 ) -> None:
     import onnx
 
+    # The exporter warns that torchvision's detection ops are not registered: irrelevant here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic_shapes = tuple({0: batch} for _ in inputs)
     with warnings.catch_warnings():
@@ -207,7 +209,7 @@ def export_onnx(model: StreamingModel, out_dir: str | Path, *, batch: int = 2) -
             paths["head"],
             onnx_metadata(model, "head"),
         )
-    log.info("Exported %s to %s", model.arch_name, out_dir)
+    log.debug("Exported %s to %s", model.arch_name, out_dir)
     return paths
 
 

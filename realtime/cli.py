@@ -188,14 +188,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- analyze
-def _load_model(args: argparse.Namespace):
-    """The bundle and backend the user asked for; an untrained model is announced loudly."""
+def load_bundle_arg(args: argparse.Namespace):
+    """``--model BUNDLE``, or an untrained ``--arch`` model (announced loudly)."""
     from models.bundle import load_bundle
-    from realtime.backends import create_backend
+    from models.registry import list_models
 
-    bundle = load_bundle(getattr(args, "model", None))
+    arch = getattr(args, "arch", None) or "dual_branch"
+    if args.model is None and arch not in list_models():
+        raise UserError(
+            f"Unknown architecture {arch!r}; choose one of: {', '.join(list_models())}."
+        )
+    bundle = load_bundle(args.model, arch=arch)
     for note in bundle.notes:
         log.warning("%s", note)
+    return bundle
+
+
+def _load_model(args: argparse.Namespace):
+    """The bundle and backend the user asked for; an untrained model is announced loudly."""
+    from realtime.backends import create_backend
+
+    bundle = load_bundle_arg(args)
     backend = create_backend(bundle, args.backend, args.precision)
     log.info("Model %s on %s", bundle.name, backend.describe())
     return bundle, backend
@@ -239,21 +252,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- benchmark
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from models.bundle import load_bundle
     from realtime.benchmark import benchmark, format_table, write_json
 
     def split(text: str) -> list[str]:
         return [x.strip() for x in text.split(",") if x.strip()]
 
-    if args.source != "synthetic" and not Path(args.source).exists():
-        raise UserError(f"{args.source} does not exist; pass a video file or `synthetic`.")
+    is_camera = args.source.isdigit()
+    if args.source != "synthetic" and not is_camera and not Path(args.source).exists():
+        raise UserError(
+            f"{args.source} does not exist; pass a video file, a camera index or `synthetic`."
+        )
     modes = split(args.mode)
     bad = [m for m in modes if m not in ("streaming", "recompute", "live")]
     if bad:
         raise UserError(f"Unknown --mode {bad}; choose from streaming, recompute, live.")
-    bundle = load_bundle(args.model)
-    for note in bundle.notes:
-        log.warning("%s", note)
+    bundle = load_bundle_arg(args)
     result = benchmark(
         bundle,
         backends=split(args.backends),
@@ -284,7 +297,10 @@ def _stub(name: str) -> Callable[[argparse.Namespace], int]:
 
 # --------------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model bundle directory (default: untrained dual_branch)")
+    p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
+    p.add_argument(
+        "--arch", default="dual_branch", help="architecture of the untrained model (eri models)"
+    )
     p.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"]
     )
@@ -370,8 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_stub("calibrate"))
 
     p = sub.add_parser("benchmark", help="measure per-stage latency and FPS")
-    p.add_argument("--model")
-    p.add_argument("--source", default="synthetic")
+    p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
+    p.add_argument(
+        "--arch", default="dual_branch", help="architecture of the untrained model (eri models)"
+    )
+    p.add_argument("--source", default="synthetic", help="video file, camera index or synthetic")
     p.add_argument("--backends", default="torch,onnxruntime")
     p.add_argument("--precisions", default="fp32")
     p.add_argument(

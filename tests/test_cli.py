@@ -95,3 +95,43 @@ def test_benchmark_json_schema(tmp_path, monkeypatch, capsys):
         > rows[("onnxruntime", "streaming")]["stages"]["encoder"]["p50"]
     )
     assert "| onnxruntime | fp32 | streaming | ok |" in capsys.readouterr().out
+
+
+def test_unknown_architecture_lists_the_valid_ones(caplog):
+    assert main(["benchmark", "--arch", "resnet9000", "--frames", "1"]) == 1
+    assert "choose one of: cnn_lstm, dual_branch, mtl_dan" in caplog.text
+
+
+def test_bundle_from_a_newer_version_is_refused_by_every_command(tmp_path, caplog):
+    from models.bundle import save_bundle
+    from models.registry import create_model
+    from models.spec import WindowSpec
+
+    path = save_bundle(create_model("mtl_dan", window=WindowSpec(8, 3.2)), tmp_path / "b")
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["format_version"] = 99
+    (path / "bundle.json").write_text(json.dumps(meta))
+    for args in (["export", str(path)], ["benchmark", "--model", str(path), "--frames", "1"]):
+        caplog.clear()
+        assert main(args) == 1
+        assert "format version 99" in caplog.text and "upgrade" in caplog.text
+    assert not (path / "frame_encoder.onnx").exists()  # nothing half-written
+
+
+def test_camera_that_is_not_there(caplog):
+    code = main(
+        [
+            "benchmark",
+            "--source",
+            "7",
+            "--backends",
+            "onnxruntime",
+            "--mode",
+            "live",
+            "--frames",
+            "1",
+            "--repeats",
+            "1",
+        ]
+    )
+    assert code == 1 and "Camera 7 could not be opened" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import threading
 import time
 import wave
@@ -641,13 +642,17 @@ def test_microphone_at_another_rate_is_resampled_to_16k():
     assert all(c.samples.dtype == np.float32 for c in chunks)
 
 
-def test_microphone_without_portaudio_says_how_to_fix_it():
-    try:
-        import sounddevice  # noqa: F401
-    except OSError:
-        pass
-    else:
-        pytest.skip("PortAudio is installed here, so the microphone error cannot be shown")
+def test_microphone_without_portaudio_says_how_to_fix_it(monkeypatch):
+    """sounddevice itself raises OSError when ctypes cannot find libportaudio; make it so even
+    where PortAudio is installed, and re-import it for real."""
+    import ctypes.util
+
+    real_find = ctypes.util.find_library
+    monkeypatch.setattr(
+        ctypes.util, "find_library", lambda name: None if "portaudio" in name else real_find(name)
+    )
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.delitem(sys.modules, "_sounddevice", raising=False)
     with pytest.raises(MicrophoneUnavailable, match=r"libportaudio2.*--mic none"):
         MicrophoneSource()
     ok, line = microphone_status()
