@@ -52,10 +52,11 @@ def percentiles(values: list[float] | np.ndarray, qs: tuple[int, ...] = (50, 95,
     return {f"p{q}": float(np.percentile(arr, q)) if arr.size else float("nan") for q in qs}
 
 
-def make_tracker(bundle: Bundle):
+def make_tracker(bundle: Bundle, subject: str | int = "largest"):
+    """The face tracker for ``bundle``'s crop; ``subject`` picks the face to follow."""
     from realtime.face import FaceTracker
 
-    return FaceTracker(crop=bundle.model.crop)
+    return FaceTracker(crop=bundle.model.crop, subject=subject)
 
 
 def analyze(
@@ -68,8 +69,12 @@ def analyze(
     plot_path: str | Path | None = None,
     json_path: str | Path | None = None,
     progress: bool = True,
+    subject: str | int = "largest",
 ) -> Analysis:
     """Run ``media`` through the pipeline; write the CSV / plot / JSON that were asked for.
+
+    ``subject`` is the face to follow when there are several: "largest", "center", or an index
+    counted left to right.
 
     A stream that fails midway keeps everything up to that point (CSV, plot and JSON are still
     written) and re-raises the error.
@@ -81,7 +86,7 @@ def analyze(
     # Open every output first, so a bad path fails before any work is done.
     json_file = open_for_writing(json_path, "JSON summary") if json_path else None
     writer = PredictionWriter(csv_path) if csv_path else None
-    tracker = make_tracker(bundle)
+    tracker = make_tracker(bundle, subject)
     engine = StreamingEngine(bundle, backend, tracker, mode=mode)
     bar = None
     if progress:
@@ -199,6 +204,7 @@ def summarise(
         "fps": n / wall_s if wall_s > 0 else None,
         "stages_ms": {s: percentiles(v) for s, v in result.stages_ms.items() if v},
         "source_stats": source.stats() if hasattr(source, "stats") else {},
+        "face_tracker": engine.tracker.stats(),
         "audio_gaps": engine.audio_gaps,
         "notes": list(bundle.notes),
         "error": result.error,

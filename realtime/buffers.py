@@ -161,7 +161,24 @@ class RingBuffer:
             }
 
 
-class LatestSlot(Generic[T]):
+class _Closable:
+    """close() / closed for the blocking buffers (they set ``_cond`` and ``_closed``)."""
+
+    _cond: threading.Condition
+    _closed: bool
+
+    def close(self) -> None:
+        """Wake all waiting readers; later ``get`` calls return what is left, then None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class LatestSlot(_Closable, Generic[T]):
     """A one-item mailbox: ``put`` replaces what was not yet taken, ``get`` takes the newest.
 
     ``replaced`` counts items that were overwritten before anyone took them (skipped camera
@@ -199,22 +216,12 @@ class LatestSlot(Generic[T]):
             item, self._item, self._full = self._item, None, False
             return item
 
-    def close(self) -> None:
-        """Wake all waiting readers; later ``get`` calls return what is left, then None."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def __len__(self) -> int:
         with self._cond:
             return int(self._full)
 
 
-class BoundedQueue(Generic[T]):
+class BoundedQueue(_Closable, Generic[T]):
     """A fixed-capacity FIFO whose ``put`` never blocks: when full it drops the OLDEST item.
 
     Meant for real-time producers (an audio callback) that must never wait on a consumer.
@@ -259,16 +266,6 @@ class BoundedQueue(Generic[T]):
         with self._cond:
             self._cond.wait_for(lambda: self._items or self._closed, timeout)
             return bool(self._items)
-
-    def close(self) -> None:
-        """Wake all waiting readers; later ``get`` calls return what is left, then None."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def __len__(self) -> int:
         with self._cond:

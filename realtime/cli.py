@@ -230,6 +230,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         plot_path=args.plot,
         json_path=args.json,
         progress=not args.no_progress,
+        subject=args.subject,
     )
     s = result.summary
     log.info(
@@ -296,6 +297,14 @@ def _stub(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 # --------------------------------------------------------------------------- parser
+def _subject(text: str) -> str | int:
+    if text in ("largest", "center"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError("use largest, center or a face index (0, 1, ...)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
     p.add_argument(
@@ -345,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of the seven curves")
     p.add_argument("--json", help="JSON summary")
     p.add_argument("--mode", default="streaming", choices=["streaming", "recompute"])
+    p.add_argument(
+        "--subject",
+        default="largest",
+        type=_subject,
+        help="face to follow: largest (default), center, or an index counted left to right",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_analyze)
 
