@@ -1,0 +1,1 @@
+"""INT8 post-training quantization: calibration data, Q/DQ ONNX, calibration cache."""

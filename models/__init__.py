@@ -1,0 +1,1 @@
+"""Architectures, shared specs, audio front end, face crop, bundle and ONNX export."""

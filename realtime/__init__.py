@@ -1,0 +1,1 @@
+"""Capture, face tracking, streaming inference, analysis, benchmark and the `eri` command."""

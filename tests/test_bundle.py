@@ -119,7 +119,7 @@ class _Evil:
 def test_pickle_that_is_not_a_state_dict_is_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     with evil.open("wb") as f:
-        pickle.dump({"conv1.weight": _Evil()}, f)
+        pickle.dump({"conv1.weight": _Evil()}, f, protocol=2)
     with pytest.raises(WeightsError, match="not a plain state dict"):
         read_state_dict(evil)
     not_dict = tmp_path / "list.pt"

@@ -1,0 +1,1 @@
+"""Training recipes that produce model bundles (datasets, preprocessing cache, evaluation)."""
