@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +181,14 @@ def _export_graph(
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save_model(proto, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    # Written beside the target and moved into place once checked: never a half-written file.
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        onnx.save_model(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(model: StreamingModel, out_dir: str | Path, *, batch: int = 2) -> dict[str, Path]:

@@ -87,7 +87,7 @@ def analyze(
     json_file = open_for_writing(json_path, "JSON summary") if json_path else None
     writer = PredictionWriter(csv_path) if csv_path else None
     tracker = make_tracker(bundle, subject)
-    engine = StreamingEngine(bundle, backend, tracker, mode=mode)
+    engine = StreamingEngine(bundle, backend, tracker, mode=mode, fps=source.fps)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -126,10 +126,9 @@ def run_once(
 ) -> dict[str, Any]:
     """One pass over the source; per-frame stage times after ``warmup`` frames."""
     tracker = make_tracker(bundle)
-    engine = StreamingEngine(
-        bundle, backend, tracker, mode="recompute" if cfg.mode == "recompute" else "streaming"
-    )
     src = _open(source, frames + warmup, realtime=cfg.mode == "live", pace_fps=pace_fps)
+    mode = "recompute" if cfg.mode == "recompute" else "streaming"
+    engine = StreamingEngine(bundle, backend, tracker, mode=mode, fps=src.fps)
     stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "latency")}
     count, skipped = 0, 0
     t_start = None

@@ -80,15 +80,17 @@ class StreamingEngine:
         tracker,
         *,
         mode: str = "streaming",
-        max_fps: float = 60.0,
+        fps: float | None = None,
     ) -> None:
+        """``fps``: the source's frame rate, which sizes the feature cache to hold
+        ``context_s`` seconds (at least 60 fps' worth)."""
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of: {', '.join(MODES)}.")
         model = bundle.model
         self.bundle, self.backend, self.tracker, self.mode = bundle, backend, tracker, mode
         self.window = model.window
         self.crop_size = model.crop.size
-        capacity = int(math.ceil(self.window.context_s * max_fps)) + 8
+        capacity = int(math.ceil(self.window.context_s * max(60.0, fps or 0.0))) + 8
         if mode == "streaming":
             self.cache = RingBuffer(capacity, model.feature_dim, np.float32)
         else:
