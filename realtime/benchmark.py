@@ -130,7 +130,7 @@ def run_once(
     mode = "recompute" if cfg.mode == "recompute" else "streaming"
     engine = StreamingEngine(bundle, backend, tracker, mode=mode, fps=src.fps)
     stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "latency")}
-    count, skipped = 0, 0
+    count, skipped, faces = 0, 0, 0
     t_start = None
     with src:
         if cfg.mode == "live":
@@ -144,6 +144,7 @@ def run_once(
                 t_start = time.perf_counter()
             if i >= warmup:
                 count += 1
+                faces += out.face_detected
                 for k, v in out.stages_ms.items():
                     stages.setdefault(k, []).append(v)
             if count >= frames:
@@ -153,7 +154,7 @@ def run_once(
             skipped = runner.skipped
     tracker.close()
     wall = time.perf_counter() - t_start if t_start else float("nan")
-    return {"frames": count, "wall_s": wall, "stages": stages, "skipped": skipped}
+    return {"frames": count, "wall_s": wall, "stages": stages, "skipped": skipped, "faces": faces}
 
 
 def benchmark(
@@ -227,6 +228,9 @@ def benchmark(
             "stages": stages,
             "frames": sum(r["frames"] for r in rs),
             "skipped": sum(r["skipped"] for r in rs),
+            # Frames with a face crop: without one the encoder does not run.
+            "face_detected_fraction": sum(r["faces"] for r in rs)
+            / max(1, sum(r["frames"] for r in rs)),
             "model_step_ms": percentiles(step),
             "model_steps_per_s": 1e3 / float(np.median(step)),
         }

@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="streaming,recompute",
         help="comma list of streaming, recompute, live (paced at the source's rate)",
     )
-    p.add_argument("--frames", type=int, default=300, help="measured frames per run")
+    p.add_argument("--frames", type=int, default=150, help="measured frames per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration, interleaved")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: runtime default)")
     p.add_argument(

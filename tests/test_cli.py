@@ -86,6 +86,7 @@ def test_benchmark_json_schema(tmp_path, monkeypatch, capsys):
         row = rows[("onnxruntime", mode)]
         assert row["status"] == "ok" and row["precision"] == "fp32"
         assert row["fps"] > 0
+        assert row["face_detected_fraction"] > 0.9  # the synthetic face is found: encoder runs
         assert set(row["latency_ms"]) == {"p50", "p95", "p99"}
         assert {"decode", "face", "encoder", "head", "total"} <= set(row["stages"])
         assert all(set(v) == {"p50", "p95"} for v in row["stages"].values())
