@@ -405,9 +405,12 @@ class StreamingFrontEnd:
         oldest = (self._next - self._count) % self.capacity
         return (oldest + np.arange(self._count)) % self.capacity
 
-    def frames(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the held frames [n, C] float32 and their end times [n], oldest first."""
+    def frames(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the held frames [n, C] float32 and their end times [n], oldest first
+        (only the newest ``last`` when given)."""
         order = self._order()
+        if last is not None:
+            order = order[max(0, order.size - last) :]
         return self._frames[order], self._ends[order]
 
     def tokens(self, sample_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -130,18 +130,23 @@ class RingBuffer:
             order = self._order()
             return self._items[order], self._times[order], self._indices[order]
 
-    def nearest(self, query_times: np.ndarray) -> Lookup:
+    def nearest(self, query_times: np.ndarray, max_time: float | None = None) -> Lookup | None:
         """For each query time [Q], the held item nearest in time (ties go to the older one).
 
-        Uses :func:`models.spec.nearest_indices`, the same rule training uses. Raises
-        ValueError when the buffer is empty.
+        Uses :func:`models.spec.nearest_indices`, the same rule training uses. With
+        ``max_time`` only items at or before it are candidates. Copies only the Q picked items.
+        Returns None when there is no candidate (an empty buffer, or none by ``max_time``).
         """
         queries = np.asarray(query_times, dtype=np.float64)
         with self._lock:
-            if not self._count:
-                raise ValueError("RingBuffer.nearest was called on an empty buffer.")
             order = self._order()
-            positions = nearest_indices(self._times[order], queries)
+            times = self._times[order]
+            if max_time is not None:
+                order = order[: int(np.searchsorted(times, max_time + 1e-9, side="right"))]
+                times = times[: order.size]
+            if not order.size:
+                return None
+            positions = nearest_indices(times, queries)
             picked = order[positions]
             return Lookup(
                 items=self._items[picked],

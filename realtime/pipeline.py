@@ -30,7 +30,7 @@ from models.audio import SILENCE_DB, StreamingFrontEnd, frame_level_db
 from models.bundle import Bundle
 from models.crop import to_tensor_layout
 from models.export import AUDIO_PRESENT, AUDIO_TOKENS, VISUAL, VISUAL_PRESENT
-from models.spec import NUM_EMOTIONS, nearest_indices
+from models.spec import NUM_EMOTIONS
 from realtime.backends import Backend
 from realtime.buffers import BoundedQueue, LatestSlot, RingBuffer
 from realtime.sources import AudioChunk, Source, VideoFrame
@@ -143,9 +143,9 @@ class StreamingEngine:
         assert self.audio is not None and self.audio_levels is not None
         new = self.audio.push(samples)
         if new:
-            frames, ends = self.audio.frames()
-            levels = frame_level_db(frames[-new:], self.audio_spec)
-            for level, end in zip(levels, ends[-new:]):
+            frames, ends = self.audio.frames(last=new)
+            levels = frame_level_db(frames, self.audio_spec)
+            for level, end in zip(levels, ends):
                 self.audio_levels.push(np.float32(level), float(end), 0)
 
     def _audio_present(self, t: float, span_start: float) -> bool:
@@ -221,12 +221,8 @@ class StreamingEngine:
         start = self.start_s if self.start_s is not None else t
         times = self.window.sample_times(t, start)
         recompute_ms = 0.0
-        items = None
-        if len(self.cache):
-            held, held_times, _ = self.cache.snapshot()
-            upto = int(np.searchsorted(held_times, t + 1e-9, side="right"))
-            if upto:
-                items = held[:upto][nearest_indices(held_times[:upto], times)]
+        found = self.cache.nearest(times, max_time=t)  # a batch may hold later frames
+        items = None if found is None else found.items
         if items is None:
             visual = np.zeros((1, len(times), self.feature_dim), np.float32)
             visual_present = False

@@ -64,10 +64,18 @@ def test_ring_buffer_nearest_matches_spec_rule_after_wraparound():
     assert found.items.shape == (6, 7)
 
 
-def test_ring_buffer_nearest_on_empty_raises_and_clear_keeps_counters():
+def test_ring_buffer_nearest_only_up_to_max_time():
+    ring = RingBuffer(8, shape=(1,))
+    for i in range(6):
+        ring.push(np.full(1, i), time_s=i * 0.5, index=i)
+    found = ring.nearest(np.array([0.0, 1.1, 2.4]), max_time=1.0)
+    np.testing.assert_array_equal(found.indices, [0, 2, 2])  # items at 1.5 s and later excluded
+    assert ring.nearest(np.array([0.0]), max_time=-1.0) is None
+
+
+def test_ring_buffer_nearest_on_empty_is_none_and_clear_keeps_counters():
     ring = RingBuffer(2, shape=(1,))
-    with pytest.raises(ValueError, match="empty"):
-        ring.nearest(np.array([0.0]))
+    assert ring.nearest(np.array([0.0])) is None
     for i in range(3):
         ring.push(np.zeros(1), i, i)
     ring.clear()
