@@ -25,22 +25,24 @@ class UserError(Exception):
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """Exception classes whose message is shown as-is, without a traceback."""
+    from models.audio import AudioDecodeError
     from models.bundle import BundleError
     from models.weights import WeightsError
+    from realtime.backends import BackendError
+    from realtime.outputs import OutputWriteError
+    from realtime.pipeline import PipelineError
+    from realtime.sources import SourceError
 
-    types: list[type[BaseException]] = [UserError, BundleError, WeightsError]
-    for module, name in (
-        ("models.audio", "AudioDecodeError"),
-        ("realtime.sources", "SourceError"),
-        ("realtime.pipeline", "PipelineError"),
-        ("realtime.backends", "BackendError"),
-        ("realtime.outputs", "OutputWriteError"),
-    ):
-        try:
-            types.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
+    return (
+        UserError,
+        BundleError,
+        WeightsError,
+        AudioDecodeError,
+        SourceError,
+        PipelineError,
+        BackendError,
+        OutputWriteError,
+    )
 
 
 # --------------------------------------------------------------------------- info / models
@@ -191,9 +193,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def load_bundle_arg(args: argparse.Namespace):
     """``--model BUNDLE``, or an untrained ``--arch`` model (announced loudly)."""
     from models.bundle import load_bundle
-    from models.registry import list_models
+    from models.registry import DEFAULT_ARCH, list_models
 
-    arch = getattr(args, "arch", None) or "dual_branch"
+    arch = getattr(args, "arch", None) or DEFAULT_ARCH
     if args.model is None and arch not in list_models():
         raise UserError(
             f"Unknown architecture {arch!r}; choose one of: {', '.join(list_models())}."
