@@ -405,13 +405,20 @@ class StreamingFrontEnd:
         oldest = (self._next - self._count) % self.capacity
         return (oldest + np.arange(self._count)) % self.capacity
 
-    def frames(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the held frames [n, C] float32 and their end times [n], oldest first
-        (only the newest ``last`` when given)."""
+    def frames(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the held frames [n, C] float32 and their end times [n], oldest first."""
         order = self._order()
-        if last is not None:
-            order = order[max(0, order.size - last) :]
         return self._frames[order], self._ends[order]
+
+    def max_level_db(self, start_s: float, end_s: float) -> float:
+        """Loudest :func:`frame_level_db` of the held frames ending in (start_s, end_s];
+        -inf when there is none."""
+        slots = self._order()
+        ends = self._ends[slots]
+        slots = slots[(ends > start_s - _TIME_EPS) & (ends <= end_s + _TIME_EPS)]
+        if not slots.size:
+            return -math.inf
+        return float(frame_level_db(self._frames[slots], self.spec).max())
 
     def tokens(self, sample_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens [T, spec.token_dim] float32 and present [T] bool, as :func:`tokens_at`."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.audio import SILENCE_DB, StreamingFrontEnd, frame_level_db
+from models.audio import SILENCE_DB, StreamingFrontEnd
 from models.bundle import Bundle
 from models.crop import to_tensor_layout
 from models.export import AUDIO_PRESENT, AUDIO_TOKENS, VISUAL, VISUAL_PRESENT
@@ -98,12 +98,6 @@ class StreamingEngine:
         self.audio_spec = model.audio_spec
         self.audio: StreamingFrontEnd | None = None
         self.audio_capacity_s = self.window.context_s + 5.0
-        self.audio_levels: RingBuffer | None = None  # mean dB of each MFCC frame, by end time
-        if self.audio_spec is not None:
-            frames_per_s = self.audio_spec.sample_rate / self.audio_spec.hop_length
-            self.audio_levels = RingBuffer(
-                int(self.audio_capacity_s * frames_per_s) + 8, (), np.float32
-            )
         self.feature_dim = model.feature_dim
         self.start_s: float | None = None
         self.audio_gaps = 0
@@ -136,25 +130,8 @@ class StreamingEngine:
             )
         elif gap * sr >= 1.0:  # dropped chunks: keep the clock right with silence
             self.audio_gaps += 1
-            self._push_samples(np.zeros(int(round(gap * sr)), np.float32))
-        self._push_samples(chunk.samples)
-
-    def _push_samples(self, samples: np.ndarray) -> None:
-        assert self.audio is not None and self.audio_levels is not None
-        new = self.audio.push(samples)
-        if new:
-            frames, ends = self.audio.frames(last=new)
-            levels = frame_level_db(frames, self.audio_spec)
-            for level, end in zip(levels, ends):
-                self.audio_levels.push(np.float32(level), float(end), 0)
-
-    def _audio_present(self, t: float, span_start: float) -> bool:
-        """Whether any non-silent audio frame ended within the window (span_start, t]."""
-        if self.audio_levels is None or not len(self.audio_levels):
-            return False
-        levels, ends, _ = self.audio_levels.snapshot()
-        inside = (ends <= t + 1e-9) & (ends > span_start - 1e-9)
-        return bool(np.any(levels[inside] > SILENCE_DB))
+            self.audio.push(np.zeros(int(round(gap * sr)), np.float32))
+        self.audio.push(chunk.samples)
 
     # ------------------------------------------------------------------ frames
     def process_frame(self, frame: VideoFrame) -> FrameOutput:
@@ -237,9 +214,10 @@ class StreamingEngine:
         if self.audio_spec is not None:
             if self.audio is not None and len(self.audio):
                 tokens, _ = self.audio.tokens(times)
-                audio_present = self._audio_present(
-                    t, t - min(self.window.context_s, t - start) - self.audio_spec.token_s
-                )
+                # Any non-silent MFCC frame among the window's tokens (their frames end in
+                # (first sample - token_s, t]).
+                span_start = t - min(self.window.context_s, t - start) - self.audio_spec.token_s
+                audio_present = self.audio.max_level_db(span_start, t) > SILENCE_DB
             else:
                 tokens = np.zeros((len(times), self.audio_spec.token_dim), np.float32)
             inputs[AUDIO_TOKENS] = tokens[None]
