@@ -274,9 +274,3 @@ def record_export(bundle_path: Path, key: str, info: dict[str, Any]) -> None:
     tmp = meta_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, meta_file)
-
-
-def state_dict_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """True when two modules hold identical tensors (used by tests and `eri export --check`)."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,6 +49,3 @@ def create_model(name: str = DEFAULT_ARCH, **config: Any) -> StreamingModel:
     optional ``window``, ``crop`` and ``audio`` specs (dataclasses or dicts)."""
     cls = get_model_class(name)
     return cls.from_config(config)
-
-
-ModelFactory = Callable[..., "StreamingModel"]

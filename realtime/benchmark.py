@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.bundle import Bundle
-from models.crop import to_tensor_layout
-from models.export import head_input_names
+from models.export import FACES, example_inputs, head_input_names
 from realtime.analyze import make_tracker, percentiles
 from realtime.backends import BackendError, create_backend
 from realtime.pipeline import STAGES, LiveRunner, StreamingEngine, run_offline
@@ -89,27 +88,17 @@ def model_only_ms(backend, bundle: Bundle, mode: str, repeats: int = 30) -> list
     """Model time of one output step [repeats] ms: streaming = encode 1 frame + head;
     recompute = encode T frames + head."""
     model = bundle.model
-    t, s = model.window.num_samples, model.crop.size
-    rng = np.random.default_rng(0)
-    crops = to_tensor_layout(rng.integers(0, 255, (t, s, s, 3), dtype=np.uint8))
-    n = 1 if mode != "recompute" else t
-    inputs = {
-        "visual": rng.standard_normal((1, t, model.feature_dim), dtype=np.float32),
-        "visual_present": np.ones(1, np.float32),
-    }
-    if model.has_audio:
-        inputs["audio_tokens"] = rng.standard_normal(
-            (1, t, model.audio_spec.token_dim), dtype=np.float32
-        )
-        inputs["audio_present"] = np.ones(1, np.float32)
-    inputs = {k: inputs[k] for k in head_input_names(model)}
+    n = model.window.num_samples if mode == "recompute" else 1
+    faces = example_inputs(model, n)[FACES]
+    example = example_inputs(model, 1)
+    inputs = {name: example[name] for name in head_input_names(model)}
     for _ in range(3):
-        backend.encode_frames(crops[:n])
+        backend.encode_frames(faces)
         backend.head(inputs)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        backend.encode_frames(crops[:n])
+        backend.encode_frames(faces)
         backend.head(inputs)
         times.append((time.perf_counter() - t0) * 1e3)
     return times

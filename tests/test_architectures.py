@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import StreamingModel
+from models.export import FrameEncoderGraph, head_graph, head_input_names
 from models.layers import (
     ExportableAdaptiveAvgPool2d,
     TemporalConvNet,
@@ -428,27 +429,6 @@ def test_tcn_is_causal_and_keeps_length() -> None:
 # ------------------------------------------------------------------------------ ONNX
 
 
-class _Frames(nn.Module):
-    def __init__(self, model: StreamingModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_frames(faces)
-
-
-class _Head(nn.Module):
-    def __init__(self, model: StreamingModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, visual: torch.Tensor, *audio: torch.Tensor) -> torch.Tensor:
-        if not audio:
-            return self.model.head(visual)
-        tokens, present = audio
-        return self.model.head(visual, self.model.encode_audio(tokens), audio_present=present)
-
-
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:Constant folding:UserWarning")
@@ -460,12 +440,13 @@ def test_onnx_export_matches_torch(name: str, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     model = build(name)
     faces, tokens, visual, _ = data(name)
-    head_args: tuple[torch.Tensor, ...] = (visual,)
+    visual_present = torch.ones(visual.shape[0])
+    head_args: tuple[torch.Tensor, ...] = (visual, visual_present)
     if tokens is not None:
-        head_args = (visual, tokens, torch.tensor([1.0, 0.0]))
+        head_args = (visual, tokens, torch.tensor([1.0, 0.0]), visual_present)
     cases = [
-        ("frames", _Frames(model).eval(), (faces[0, :2],), ["faces"]),
-        ("head", _Head(model).eval(), head_args, ["visual", "audio", "present"][: len(head_args)]),
+        ("frames", FrameEncoderGraph(model).eval(), (faces[0, :2],), ["faces"]),
+        ("head", head_graph(model).eval(), head_args, head_input_names(model)),
     ]
     for tag, wrapper, args, names in cases:
         path = tmp_path / f"{tag}.onnx"
