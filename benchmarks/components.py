@@ -30,7 +30,7 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 3) -> dict[str, 
 
 
 def audio_front_end(media: Path) -> dict:
-    from models.audio import AudioSpec, StreamingFrontEnd, feature_frames, load_audio
+    from eri.models.audio import AudioSpec, StreamingFrontEnd, feature_frames, load_audio
 
     spec = AudioSpec()
     speech = load_audio(media / "audio/speech_other/diarizationExample.wav")[: 10 * 16000]
@@ -57,7 +57,7 @@ def audio_front_end(media: Path) -> dict:
 def face_tracker(media: Path) -> dict:
     import av
 
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     with av.open(str(media / "video/WolfgangLanger_Pexels.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -84,7 +84,7 @@ def face_tracker(media: Path) -> dict:
 
 
 def decode(media: Path) -> dict:
-    from realtime.sources import FileSource
+    from eri.realtime.sources import FileSource
 
     def run():
         with FileSource(media / "video/WolfgangLanger_Pexels.mp4") as src:
@@ -95,8 +95,8 @@ def decode(media: Path) -> dict:
 
 
 def encoders() -> dict:
-    from models.bundle import untrained_bundle
-    from realtime.backends import create_backend
+    from eri.models.bundle import untrained_bundle
+    from eri.realtime.backends import create_backend
 
     bundle = untrained_bundle()
     out = {}
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from realtime.benchmark import device_info
+    from eri.realtime.benchmark import device_info
 
     result = {
         "device": device_info(),

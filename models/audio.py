@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from models.spec import _from_dict
+from eri.errors import EriError
+from eri.models.spec import _from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +434,7 @@ class StreamingFrontEnd:
 # --------------------------------------------------------------------------------------------
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(EriError, ValueError):
     """An audio or video file could not give audio samples; the message says which and why."""
 
 

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from models.audio import AudioSpec
-from models.spec import CropSpec, WindowSpec
+from eri.models.audio import AudioSpec
+from eri.models.spec import CropSpec, WindowSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

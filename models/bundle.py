@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from models.base import StreamingModel
-from models.registry import DEFAULT_ARCH, create_model, get_model_class
-from models.spec import EMOTIONS
-from models.weights import WeightsError, load_into, read_state_dict
+from eri.errors import EriError
+from eri.models.base import StreamingModel
+from eri.models.registry import DEFAULT_ARCH, create_model, get_model_class
+from eri.models.spec import EMOTIONS
+from eri.models.weights import WeightsError, load_into, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ BUNDLE_JSON = "bundle.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
-class BundleError(ValueError):
+class BundleError(EriError, ValueError):
     """A model bundle that cannot be used; the message names the bundle and the fix."""
 
 

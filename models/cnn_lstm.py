@@ -27,11 +27,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.audio import AudioSpec
-from models.base import StreamingModel, modality_dropout_masks, presence
-from models.layers import keep, resnet50, vgg16
-from models.registry import register_model
-from models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
+from eri.models.audio import AudioSpec
+from eri.models.base import StreamingModel, modality_dropout_masks, presence
+from eri.models.layers import keep, resnet50, vgg16
+from eri.models.registry import register_model
+from eri.models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
 
 BACKBONES = ("resnet50", "vgg16")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.spec import CropSpec
+from eri.models.spec import CropSpec
 
 __all__ = [
     "FACE_BOX_IN_TEMPLATE",

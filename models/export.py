@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.base import StreamingModel
-from models.spec import EMOTIONS
+from eri.choices import EXPORT_FORMATS, ExportFormat, available_formats
+from eri.models.base import StreamingModel
+from eri.models.spec import EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -40,34 +40,12 @@ FRAME_ENCODER_FILE, HEAD_FILE = "frame_encoder.onnx", "head.onnx"
 FP32_TOLERANCE = 1e-4
 
 
-@dataclass(frozen=True)
-class ExportFormat:
-    """One row of the export table: what `eri export --format NAME` makes."""
-
-    name: str
-    precision: str
-    runtime: str
-    suffix: str
-    available: bool
-
-
-EXPORT_FORMATS: tuple[ExportFormat, ...] = (
-    ExportFormat("onnx", "fp32", "onnxruntime", "", True),
-    ExportFormat("onnx-fp16", "fp16", "onnxruntime", "_fp16", False),
-    ExportFormat("onnx-int8", "int8", "onnxruntime", "_int8", False),
-    ExportFormat("engine", "fp32", "tensorrt", "", False),
-    ExportFormat("engine-fp16", "fp16", "tensorrt", "_fp16", False),
-    ExportFormat("engine-int8", "int8", "tensorrt", "_int8", False),
-)
-
-
 def export_format(name: str) -> ExportFormat:
     for fmt in EXPORT_FORMATS:
         if fmt.name == name:
             return fmt
     raise ValueError(
-        f"Unknown export format {name!r}; choose one of: "
-        f"{', '.join(f.name for f in EXPORT_FORMATS)}."
+        f"Unknown export format {name!r}; choose one of: {', '.join(available_formats())}."
     )
 
 

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.audio import AudioSpec
-from models.base import StreamingModel, presence
-from models.layers import keep, resnet18
-from models.registry import register_model
-from models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
+from eri.models.audio import AudioSpec
+from eri.models.base import StreamingModel, presence
+from eri.models.layers import keep, resnet18
+from eri.models.registry import register_model
+from eri.models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
 
 NUM_EXPR = 8  # Aff-Wild2 EXPR: neutral, anger, disgust, fear, happiness, sadness, surprise, other
 NUM_AU = 12  # Aff-Wild2 AUs 1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26

@@ -1,14 +1,25 @@
-"""Architecture registry, timm-style: ``@register_model`` + ``create_model(name, **config)``."""
+"""Architecture registry, timm-style: ``@register_model`` + ``create_model(name, **config)``.
+
+The registry knows no architecture by itself: importing ``eri.models`` imports the built-in
+architecture modules, whose ``@register_model`` decorators fill it.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from eri.choices import DEFAULT_ARCH
+from eri.errors import EriError
+
 if TYPE_CHECKING:
-    from models.base import StreamingModel
+    from eri.models.base import StreamingModel
+
+
+class UnknownArchitectureError(EriError, ValueError):
+    """An architecture name that is not registered; the message lists the valid ones."""
+
 
 _REGISTRY: dict[str, type[StreamingModel]] = {}
-DEFAULT_ARCH = "dual_branch"
 
 
 def register_model(cls: type[StreamingModel]) -> type[StreamingModel]:
@@ -20,26 +31,17 @@ def register_model(cls: type[StreamingModel]) -> type[StreamingModel]:
     return cls
 
 
-def _ensure_builtin() -> None:
-    # Importing the modules runs their @register_model decorators.
-    import models.cnn_lstm  # noqa: F401
-    import models.dual_branch  # noqa: F401
-    import models.mtl_dan  # noqa: F401
-
-
 def list_models() -> list[str]:
     """Names of all registered architectures, sorted."""
-    _ensure_builtin()
     return sorted(_REGISTRY)
 
 
 def get_model_class(name: str) -> type[StreamingModel]:
     """The class registered as ``name``; unknown names raise listing the valid ones."""
-    _ensure_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise UnknownArchitectureError(
             f"Unknown architecture {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}."
         ) from None
 

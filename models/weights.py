@@ -11,13 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eri.errors import EriError
+
 log = logging.getLogger(__name__)
 
 #: Prefixes that training frameworks put in front of backbone keys; stripped when matching.
 _WRAPPER_PREFIXES = ("module.", "model.", "backbone.", "base.", "encoder.", "features_extractor.")
 
 
-class WeightsError(ValueError):
+class WeightsError(EriError, ValueError):
     """A weights file that cannot be used; the message names the file and the fix."""
 
 

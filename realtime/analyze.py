@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import Bundle
-from models.spec import EMOTIONS
-from realtime.backends import Backend
-from realtime.outputs import PredictionWriter, open_for_writing, plot_curves
-from realtime.pipeline import STAGES, FrameOutput, StreamingEngine, output_row, run_offline
+from eri.models.bundle import Bundle
+from eri.models.spec import EMOTIONS
+from eri.realtime.backends import Backend
+from eri.realtime.outputs import PredictionWriter, open_for_writing, plot_curves
+from eri.realtime.pipeline import STAGES, FrameOutput, StreamingEngine, output_row, run_offline
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def percentiles(values: list[float] | np.ndarray, qs: tuple[int, ...] = (50, 95,
 
 def make_tracker(bundle: Bundle, subject: str | int = "largest"):
     """The face tracker for ``bundle``'s crop; ``subject`` picks the face to follow."""
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     return FaceTracker(crop=bundle.model.crop, subject=subject)
 
@@ -79,7 +79,7 @@ def analyze(
     A stream that fails midway keeps everything up to that point (CSV, plot and JSON are still
     written) and re-raises the error.
     """
-    from realtime.sources import open_source
+    from eri.realtime.sources import open_source
 
     result = Analysis()
     source = open_source(str(media), realtime=False)
@@ -129,7 +129,7 @@ def analyze(
             subtitle=_plot_subtitle(bundle, backend, result),
         )
     if failure is None and len(result.rows) < 2:
-        from realtime.pipeline import PipelineError
+        from eri.realtime.pipeline import PipelineError
 
         what = "1 frame" if len(result.rows) == 1 else "no frames or audio"
         failure = PipelineError(

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from models.export import (
+from eri.choices import BACKENDS
+from eri.errors import EriError
+from eri.models.export import (
     FACES,
     FEATURES,
     FRAME_ENCODER_FILE,
@@ -33,8 +35,6 @@ from models.export import (
 )
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def available_backends() -> dict[str, str]:
@@ -204,13 +204,8 @@ def create_backend(
         return TorchBackend(bundle, threads=threads)
     if name == "onnxruntime":
         return OnnxRuntimeBackend(bundle, threads=threads)
-    if name == "tensorrt":
-        raise BackendError(
-            "The tensorrt backend needs TensorRT engines, which this version "
-            "does not build yet; use --backend onnxruntime or torch."
-        )
     raise BackendError(f"Unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}.")
 
 
-class BackendError(ValueError):
+class BackendError(EriError, ValueError):
     """A backend that cannot run here; the message says which one to use instead."""

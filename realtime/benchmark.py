@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import Bundle
-from models.export import FACES, example_inputs, head_input_names
-from realtime.analyze import make_tracker, percentiles
-from realtime.backends import BackendError, create_backend
-from realtime.pipeline import STAGES, LiveRunner, StreamingEngine, run_offline
+from eri.models.bundle import Bundle
+from eri.models.export import FACES, example_inputs, head_input_names
+from eri.realtime.analyze import make_tracker, percentiles
+from eri.realtime.backends import BackendError, create_backend
+from eri.realtime.pipeline import STAGES, LiveRunner, StreamingEngine, run_offline
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def device_info() -> dict[str, Any]:
 def _open(source: str, frames: int, realtime: bool, pace_fps: float | None):
     """The benchmark's source; live runs are paced at ``pace_fps`` (default: the source's own
     rate, 30 fps for the synthetic source)."""
-    from realtime.sources import FileSource, SyntheticSource, open_source
+    from eri.realtime.sources import FileSource, SyntheticSource, open_source
 
     if source == "synthetic":
         return SyntheticSource(
@@ -311,7 +311,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
-    from realtime.outputs import open_for_writing
+    from eri.realtime.outputs import open_for_writing
 
     with open_for_writing(path, "benchmark JSON") as f:
         json.dump(result, f, indent=2)

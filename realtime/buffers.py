@@ -19,7 +19,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
-from models.spec import nearest_indices
+from eri.models.spec import nearest_indices
 
 T = TypeVar("T")
 

@@ -1,4 +1,8 @@
-"""The ``eri`` command (DESIGN.md, "The `eri` command")."""
+"""The ``eri`` command: one subcommand per job (docs/design.md, "The `eri` command").
+
+Only the standard library and ``eri.choices`` are imported here, so ``eri --help`` answers at
+once; each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -13,36 +17,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from eri.choices import (
+    BACKENDS,
+    BENCHMARK_MODES,
+    DEFAULT_ARCH,
+    ENGINE_MODES,
+    SUBJECT_POLICIES,
+    available_formats,
+    available_precisions,
+)
+from eri.errors import EriError
+
 log = logging.getLogger("eri")
 
 EXIT_USER_ERROR = 1
 EXIT_NOT_IMPLEMENTED = 2
 
 
-class UserError(Exception):
-    """A failure the user caused and can fix; its message is one sentence saying how."""
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception classes whose message is shown as-is, without a traceback."""
-    from models.audio import AudioDecodeError
-    from models.bundle import BundleError
-    from models.weights import WeightsError
-    from realtime.backends import BackendError
-    from realtime.outputs import OutputWriteError
-    from realtime.pipeline import PipelineError
-    from realtime.sources import SourceError
-
-    return (
-        UserError,
-        BundleError,
-        WeightsError,
-        AudioDecodeError,
-        SourceError,
-        PipelineError,
-        BackendError,
-        OutputWriteError,
-    )
+class UserError(EriError):
+    """A wrong command-line argument; its message is one sentence saying how to fix it."""
 
 
 # --------------------------------------------------------------------------- info / models
@@ -55,7 +48,7 @@ def _version(dist: str) -> str | None:
 
 def collect_info() -> dict[str, Any]:
     """Versions, cameras, microphones, GPUs and backends, as a JSON-able dict."""
-    from realtime.backends import available_backends
+    from eri.realtime.backends import available_backends
 
     dists = [
         "eri-live",
@@ -85,7 +78,7 @@ def collect_info() -> dict[str, Any]:
     info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info["backends"] = available_backends()
     try:
-        from realtime.sources import list_cameras, list_microphones, microphone_status
+        from eri.realtime.sources import list_cameras, list_microphones, microphone_status
 
         ok, why = microphone_status()
         info["microphone_support"] = {"available": ok, "note": why}
@@ -136,7 +129,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from models.registry import DEFAULT_ARCH, get_model_class, list_models
+    from eri.models import get_model_class, list_models
 
     for name in list_models():
         cls = get_model_class(name)
@@ -149,8 +142,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
-    from models.bundle import load_bundle, record_export
-    from models.export import FP32_TOLERANCE, compare_onnx, export_format, export_onnx
+    from eri.models.bundle import load_bundle, record_export
+    from eri.models.export import FP32_TOLERANCE, compare_onnx, export_format, export_onnx
 
     fmt = export_format(args.format)
     if not fmt.available:
@@ -192,8 +185,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- analyze
 def load_bundle_arg(args: argparse.Namespace):
     """``--model BUNDLE``, or an untrained ``--arch`` model (announced loudly)."""
-    from models.bundle import load_bundle
-    from models.registry import DEFAULT_ARCH, list_models
+    from eri.models import list_models
+    from eri.models.bundle import load_bundle
 
     arch = getattr(args, "arch", None) or DEFAULT_ARCH
     if args.model is None and arch not in list_models():
@@ -208,7 +201,7 @@ def load_bundle_arg(args: argparse.Namespace):
 
 def _load_model(args: argparse.Namespace):
     """The bundle and backend the user asked for; an untrained model is announced loudly."""
-    from realtime.backends import create_backend
+    from eri.realtime.backends import create_backend
 
     bundle = load_bundle_arg(args)
     backend = create_backend(bundle, args.backend, args.precision)
@@ -217,7 +210,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from realtime.analyze import analyze
+    from eri.realtime.analyze import analyze
 
     media = Path(args.media)
     if not media.exists():
@@ -255,7 +248,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- benchmark
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from realtime.benchmark import benchmark, format_table, write_json
+    from eri.realtime.benchmark import benchmark, format_table, write_json
 
     def split(text: str) -> list[str]:
         return [x.strip() for x in text.split(",") if x.strip()]
@@ -266,7 +259,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             f"{args.source} does not exist; pass a video file, a camera index or `synthetic`."
         )
     modes = split(args.mode)
-    bad = [m for m in modes if m not in ("streaming", "recompute", "live")]
+    bad = [m for m in modes if m not in BENCHMARK_MODES]
     if bad:
         raise UserError(f"Unknown --mode {bad}; choose from streaming, recompute, live.")
     bundle = load_bundle_arg(args)
@@ -300,7 +293,7 @@ def _stub(name: str) -> Callable[[argparse.Namespace], int]:
 
 # --------------------------------------------------------------------------- parser
 def _subject(text: str) -> str | int:
-    if text in ("largest", "center"):
+    if text in SUBJECT_POLICIES:
         return text
     if text.isdigit():
         return int(text)
@@ -310,12 +303,10 @@ def _subject(text: str) -> str | int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
     p.add_argument(
-        "--arch", default="dual_branch", help="architecture of the untrained model (eri models)"
+        "--arch", default=DEFAULT_ARCH, help="architecture of the untrained model (eri models)"
     )
-    p.add_argument(
-        "--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"]
-    )
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
+    p.add_argument("--precision", default="fp32", choices=available_precisions())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV of per-frame intensities")
     p.add_argument("--plot", help="PNG of the seven curves")
     p.add_argument("--json", help="JSON summary")
-    p.add_argument("--mode", default="streaming", choices=["streaming", "recompute"])
+    p.add_argument("--mode", default="streaming", choices=ENGINE_MODES)
     p.add_argument(
         "--subject",
         default="largest",
@@ -367,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model")
     p.add_argument("--data", required=True)
-    p.add_argument("--arch", default="dual_branch")
+    p.add_argument("--arch", default=DEFAULT_ARCH)
     p.add_argument("--config")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -382,11 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split")
     p.set_defaults(func=_stub("evaluate"))
 
-    from models.export import EXPORT_FORMATS
-
     p = sub.add_parser("export", help="export a bundle to ONNX or TensorRT")
     p.add_argument("bundle")
-    p.add_argument("--format", default="onnx", choices=[f.name for f in EXPORT_FORMATS])
+    p.add_argument("--format", default="onnx", choices=available_formats())
     p.add_argument("--calib")
     p.add_argument("--out", help="output directory (default: the bundle itself)")
     p.add_argument(
@@ -405,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="measure per-stage latency and FPS")
     p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
     p.add_argument(
-        "--arch", default="dual_branch", help="architecture of the untrained model (eri models)"
+        "--arch", default=DEFAULT_ARCH, help="architecture of the untrained model (eri models)"
     )
     p.add_argument("--source", default="synthetic", help="video file, camera index or synthetic")
     p.add_argument("--backends", default="torch,onnxruntime")
@@ -435,11 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     # Our own packages speak at INFO; third-party libraries (exporters, MediaPipe) only warn.
-    for name in ("eri", "models", "realtime", "training", "calibration"):
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("eri").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except _user_error_types() as exc:
+    except EriError as exc:
         log.error("error: %s", exc)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -85,8 +85,8 @@ from typing import Any
 
 import numpy as np
 
-from models.crop import align_face, transform_points
-from models.spec import CropSpec
+from eri.models.crop import align_face, transform_points
+from eri.models.spec import CropSpec
 
 __all__ = ["Detection", "FaceResult", "FaceTracker", "OneEuroFilter", "select_subject"]
 

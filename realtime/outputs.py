@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spec import EMOTIONS
+from eri.errors import EriError
+from eri.models.spec import EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 FLUSH_EVERY_S = 1.0
 
 
-class OutputWriteError(OSError):
+class OutputWriteError(EriError, OSError):
     """An output file cannot be written; the message names it and the fix."""
 
 

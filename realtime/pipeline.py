@@ -26,18 +26,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.audio import SILENCE_DB, StreamingFrontEnd
-from models.bundle import Bundle
-from models.crop import to_tensor_layout
-from models.export import AUDIO_PRESENT, AUDIO_TOKENS, VISUAL, VISUAL_PRESENT
-from models.spec import NUM_EMOTIONS
-from realtime.backends import Backend
-from realtime.buffers import BoundedQueue, LatestSlot, RingBuffer
-from realtime.sources import AudioChunk, Source, VideoFrame
+from eri.choices import ENGINE_MODES
+from eri.errors import EriError
+from eri.models.audio import SILENCE_DB, StreamingFrontEnd
+from eri.models.bundle import Bundle
+from eri.models.crop import to_tensor_layout
+from eri.models.export import AUDIO_PRESENT, AUDIO_TOKENS, VISUAL, VISUAL_PRESENT
+from eri.models.spec import NUM_EMOTIONS
+from eri.realtime.backends import Backend
+from eri.realtime.buffers import BoundedQueue, LatestSlot, RingBuffer
+from eri.realtime.sources import AudioChunk, Source, VideoFrame
 
 log = logging.getLogger(__name__)
 
-MODES = ("streaming", "recompute")
+MODES = ENGINE_MODES
 #: Frames the offline driver hands the encoder at once (the live path always uses 1).
 OFFLINE_BATCH = 8
 #: Audio gaps up to this long (dropped chunks) are filled with zeros; longer ones restart audio.
@@ -47,7 +49,7 @@ AUDIO_ONLY_RATE = 10.0
 STAGES = ("decode", "audio", "face", "encoder", "head", "total")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(EriError, RuntimeError):
     """The pipeline cannot go on; the message says why and what to do."""
 
 

@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from models.audio import SAMPLE_RATE
-from realtime.buffers import BoundedQueue, LatestSlot
+from eri.errors import EriError
+from eri.models.audio import SAMPLE_RATE
+from eri.realtime.buffers import BoundedQueue, LatestSlot
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class AudioChunk:
 Event = VideoFrame | AudioChunk
 
 
-class SourceError(RuntimeError):
+class SourceError(EriError, RuntimeError):
     """A source cannot be opened or read; the message names the thing and the fix."""
 
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import StreamingModel
-from models.export import FrameEncoderGraph, head_graph, head_input_names
-from models.layers import (
+from eri.models.base import StreamingModel
+from eri.models.export import FrameEncoderGraph, head_graph, head_input_names
+from eri.models.layers import (
     ExportableAdaptiveAvgPool2d,
     TemporalConvNet,
     count_parameters,
@@ -26,8 +26,8 @@ from models.layers import (
     transformer_encoder,
     vgg16,
 )
-from models.registry import create_model, get_model_class, list_models
-from models.spec import NUM_EMOTIONS, WindowSpec
+from eri.models.registry import create_model, get_model_class, list_models
+from eri.models.spec import NUM_EMOTIONS, WindowSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.io.wavfile
 import scipy.signal
 
-from models.audio import (
+from eri.models.audio import (
     AudioDecodeError,
     AudioSpec,
     StreamingFrontEnd,
@@ -22,7 +22,7 @@ from models.audio import (
     tokens_at,
     waveform_tokens,
 )
-from models.spec import WindowSpec
+from eri.models.spec import WindowSpec
 
 # Tolerances against librosa 0.11, from measurements on all 50 clips of ../shared/media/audio
 # (speech_emotion and speech_other). Our pipeline runs in float64 and rounds to float32 at the

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from models.spec import nearest_indices
-from realtime.buffers import BoundedQueue, LatestSlot, RingBuffer
+from eri.models.spec import nearest_indices
+from eri.realtime.buffers import BoundedQueue, LatestSlot, RingBuffer
 
 
 def test_ring_buffer_fills_then_overwrites_oldest():

@@ -8,17 +8,17 @@ import pickle
 import pytest
 import torch
 
-from models.bundle import (
+from eri.models.bundle import (
     FORMAT_VERSION,
     BundleError,
     load_bundle,
     save_bundle,
     untrained_bundle,
 )
-from models.layers import resnet18  # torchvision-named backbone
-from models.registry import create_model, list_models
-from models.spec import EMOTIONS, WindowSpec
-from models.weights import WeightsError, load_backbone_weights, read_state_dict
+from eri.models.layers import resnet18  # torchvision-named backbone
+from eri.models.registry import create_model, list_models
+from eri.models.spec import EMOTIONS, WindowSpec
+from eri.models.weights import WeightsError, load_backbone_weights, read_state_dict
 
 SMALL = {"window": WindowSpec(num_samples=8, context_s=3.2)}
 

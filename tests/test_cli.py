@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from realtime.cli import main
+from eri.realtime.cli import main
 
 
 def test_models_lists_the_three_architectures(capsys):
@@ -44,7 +44,7 @@ def test_later_commands_say_not_implemented(command):
 def test_console_script_runs():
     """The installed `eri` entry point (python -m form) works in a fresh process."""
     out = subprocess.run(
-        [sys.executable, "-m", "realtime.cli", "models"],
+        [sys.executable, "-m", "eri.realtime.cli", "models"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -104,9 +104,9 @@ def test_unknown_architecture_lists_the_valid_ones(caplog):
 
 
 def test_bundle_from_a_newer_version_is_refused_by_every_command(tmp_path, caplog):
-    from models.bundle import save_bundle
-    from models.registry import create_model
-    from models.spec import WindowSpec
+    from eri.models.bundle import save_bundle
+    from eri.models.registry import create_model
+    from eri.models.spec import WindowSpec
 
     path = save_bundle(create_model("mtl_dan", window=WindowSpec(8, 3.2)), tmp_path / "b")
     meta = json.loads((path / "bundle.json").read_text())

@@ -5,16 +5,16 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from models.bundle import load_bundle, save_bundle
-from models.export import (
+from eri.models.bundle import load_bundle, save_bundle
+from eri.models.export import (
     FP32_TOLERANCE,
     compare_onnx,
     export_onnx,
     read_onnx_metadata,
 )
-from models.registry import create_model, list_models
-from models.spec import WindowSpec
-from realtime.cli import main
+from eri.models.registry import create_model, list_models
+from eri.models.spec import WindowSpec
+from eri.realtime.cli import main
 
 SMALL = {"window": WindowSpec(num_samples=8, context_s=3.2)}
 

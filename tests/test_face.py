@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.crop import (
+from eri.models.crop import (
     FACE_BOX_IN_TEMPLATE,
     align_face,
     crop_from_box,
@@ -27,7 +27,7 @@ from models.crop import (
     to_tensor_layout,
     transform_points,
 )
-from models.spec import CropSpec
+from eri.models.spec import CropSpec
 from tests.conftest import media_file
 
 SPEC = CropSpec()
@@ -139,7 +139,7 @@ def test_crop_from_box_maps_box_onto_template_box() -> None:
 
 @pytest.mark.realmedia
 def test_crop_from_box_frames_the_face_like_align_face() -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     image = _read_rgb(media_file("images/single_face.jpg"))
     with FaceTracker(smoothing=0) as tracker:
@@ -168,7 +168,7 @@ def test_import_is_cheap_and_missing_mediapipe_is_explained(monkeypatch) -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
     with pytest.raises(RuntimeError, match=r"mediapipe<=0\.10\.21"):
@@ -178,7 +178,7 @@ def test_import_is_cheap_and_missing_mediapipe_is_explained(monkeypatch) -> None
 def test_native_log_filter_drops_noise_keeps_errors(capfd) -> None:
     import os
 
-    from realtime.face import _filtered_native_stderr
+    from eri.realtime.face import _filtered_native_stderr
 
     with _filtered_native_stderr():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
@@ -197,7 +197,7 @@ def test_tracker_start_is_quiet() -> None:
 
 
 def test_tracker_rejects_bad_arguments() -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     for kwargs in (
         {"detect_every": 0},
@@ -221,7 +221,7 @@ def single_face() -> np.ndarray:
 
 @pytest.mark.realmedia
 def test_single_face_image(single_face: np.ndarray) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     with FaceTracker() as tracker:
         r = tracker.process(single_face, 0.0)
@@ -245,7 +245,7 @@ def test_single_face_image(single_face: np.ndarray) -> None:
 @pytest.mark.realmedia
 @pytest.mark.parametrize("angle", [20.0, -20.0])
 def test_rotated_face_is_aligned(single_face: np.ndarray, angle: float) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     h, w = single_face.shape[:2]
     rot = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
@@ -267,7 +267,7 @@ def test_rotated_face_is_aligned(single_face: np.ndarray, angle: float) -> None:
 
 @pytest.mark.realmedia
 def test_mirrored_face_keeps_image_left_eye_first(single_face: np.ndarray) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     with FaceTracker() as tracker:
         r = tracker.process(np.ascontiguousarray(single_face[:, ::-1]), 0.0)
@@ -277,7 +277,7 @@ def test_mirrored_face_keeps_image_left_eye_first(single_face: np.ndarray) -> No
 
 @pytest.mark.realmedia
 def test_no_face_image() -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     image = _read_rgb(media_file("images/no-face.jpg"))
     with FaceTracker() as tracker:
@@ -289,7 +289,7 @@ def test_no_face_image() -> None:
 @pytest.mark.realmedia
 @pytest.mark.parametrize("name", ["multi_face.jpg", "group_selfie.jpg"])
 def test_subject_selection(name: str) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     image = _read_rgb(media_file(f"images/{name}"))
     h, w = image.shape[:2]
@@ -316,7 +316,7 @@ def test_subject_selection(name: str) -> None:
 
 @pytest.mark.realmedia
 def test_short_gaps_hold_landmarks_long_gaps_drop_them(single_face: np.ndarray) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     blank = np.zeros_like(single_face)
     with FaceTracker(max_gap_s=0.5) as tracker:
@@ -367,7 +367,7 @@ class _Run:
 
 
 def _track_video(relative: str, **kwargs) -> _Run:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     results, width = [], 0
     with FaceTracker(**kwargs) as tracker:
@@ -545,7 +545,7 @@ def _moving(
 def test_flow_follows_known_motion(
     single_face: np.ndarray, step: tuple[float, float, float, float]
 ) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     frames = _moving(single_face, 20, step)
     # One detection, then flow alone (no re-anchoring) and no smoothing: the raw flow track.
@@ -568,7 +568,7 @@ def test_flow_follows_known_motion(
 
 @pytest.mark.realmedia
 def test_uncertain_flow_runs_the_detector_on_that_frame(single_face: np.ndarray) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     h, w = single_face.shape[:2]
     turned = cv2.warpAffine(single_face, cv2.getRotationMatrix2D((w / 2, h / 2), 20.0, 1.0), (w, h))
@@ -600,7 +600,7 @@ def test_uncertain_flow_runs_the_detector_on_that_frame(single_face: np.ndarray)
 @pytest.mark.realmedia
 @pytest.mark.parametrize("mode", MODES)
 def test_subject_is_kept_in_a_moving_group(mode: str) -> None:
-    from realtime.face import FaceTracker
+    from eri.realtime.face import FaceTracker
 
     image = _read_rgb(media_file("images/multi_face.jpg"))
     opts = {"model": "full", "acquire_confidence": 0.5, "tracking": mode}

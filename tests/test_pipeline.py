@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from models.audio import load_audio
-from models.bundle import untrained_bundle
-from models.spec import EMOTIONS, WindowSpec
-from realtime.analyze import analyze, make_tracker
-from realtime.backends import create_backend
-from realtime.cli import main
-from realtime.outputs import CSV_COLUMNS, read_predictions
-from realtime.pipeline import LiveRunner, StreamingEngine, run_offline
-from realtime.sources import FileSource
+from eri.models.audio import load_audio
+from eri.models.bundle import untrained_bundle
+from eri.models.spec import EMOTIONS, WindowSpec
+from eri.realtime.analyze import analyze, make_tracker
+from eri.realtime.backends import create_backend
+from eri.realtime.cli import main
+from eri.realtime.outputs import CSV_COLUMNS, read_predictions
+from eri.realtime.pipeline import LiveRunner, StreamingEngine, run_offline
+from eri.realtime.sources import FileSource
 from tests.conftest import media_file
 from tests.media_utils import decode_frames, write_video
 

@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from realtime.sources import (
+from eri.realtime.sources import (
     AUDIO_RATE,
     AudioChunk,
     CameraSource,

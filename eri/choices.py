@@ -1,0 +1,61 @@
+"""The names the ``eri`` command offers, in one torch-free module so ``eri --help`` is instant.
+
+Each table here is the single source: the exporter, the backends, the engine and the command
+line all read it, so an option is offered exactly when the code behind it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Architecture an untrained run uses when no ``--arch`` is given.
+DEFAULT_ARCH = "dual_branch"
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of the export table: what ``eri export --format NAME`` makes.
+
+    ``suffix`` goes between a graph's stem and its extension (``head_fp16.onnx``);
+    ``available`` is False for formats this version cannot build yet (not offered).
+    """
+
+    name: str
+    precision: str
+    runtime: str
+    suffix: str
+    available: bool
+
+
+EXPORT_FORMATS: tuple[ExportFormat, ...] = (
+    ExportFormat("onnx", "fp32", "onnxruntime", "", True),
+    ExportFormat("onnx-fp16", "fp16", "onnxruntime", "_fp16", False),
+    ExportFormat("onnx-int8", "int8", "onnxruntime", "_int8", False),
+    ExportFormat("engine", "fp32", "tensorrt", "", False),
+    ExportFormat("engine-fp16", "fp16", "tensorrt", "_fp16", False),
+    ExportFormat("engine-int8", "int8", "tensorrt", "_int8", False),
+)
+
+
+def available_formats() -> list[str]:
+    """Names of the export formats this version can build."""
+    return [f.name for f in EXPORT_FORMATS if f.available]
+
+
+def available_precisions() -> list[str]:
+    """Precisions with at least one buildable format, in table order."""
+    return list(dict.fromkeys(f.precision for f in EXPORT_FORMATS if f.available))
+
+
+#: Inference backends this version implements (``auto`` picks among them at run time).
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+
+#: How the engine produces an output step: cached per-frame features, or the seeds' way of
+#: re-encoding every sampled frame of the window.
+ENGINE_MODES: tuple[str, ...] = ("streaming", "recompute")
+
+#: Benchmark modes: the engine modes, plus the live runner paced at the source's frame rate.
+BENCHMARK_MODES: tuple[str, ...] = (*ENGINE_MODES, "live")
+
+#: Which face the tracker follows when several are in view (or an integer index).
+SUBJECT_POLICIES: tuple[str, ...] = ("largest", "center")
