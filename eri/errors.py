@@ -15,6 +15,12 @@ class MissingDependencyError(EriError, ImportError):
     """An optional library (MediaPipe, PortAudio, ONNX Runtime, ...) is not installed."""
 
 
+# What else the user can do instead of installing it.
+ALTERNATIVES: dict[str, str] = {
+    "sounddevice": "or pass --mic none to run visual-only",
+    "portaudio": "or pass --mic none to run visual-only",
+}
+
 # What to install for each optional module: (what it is for, the install command).
 INSTALL_HINTS: dict[str, tuple[str, str]] = {
     "mediapipe": ("face tracking", "pip install 'mediapipe>=0.10.9,<=0.10.21'"),
@@ -22,7 +28,7 @@ INSTALL_HINTS: dict[str, tuple[str, str]] = {
     "sounddevice": ("the microphone", "pip install sounddevice"),
     "portaudio": ("the microphone", "sudo apt-get install libportaudio2"),
     "av": ("reading and writing video", "pip install av"),
-    "pandas": ("the DataFrame API", "pip install pandas"),
+    "pandas": ("the DataFrame API", "pip install 'eri-live[pandas]'"),
     "tensorrt": ("the tensorrt backend", "pip install 'eri-live[tensorrt]'"),
 }
 
@@ -31,8 +37,10 @@ def missing_dependency(module: str, cause: BaseException | None = None) -> Missi
     """The error for a missing optional ``module``, with the command that installs it."""
     purpose, command = INSTALL_HINTS[module]
     name = "PortAudio" if module == "portaudio" else module
+    alternative = f", {ALTERNATIVES[module]}" if module in ALTERNATIVES else ""
     err = MissingDependencyError(
-        f"{name} is needed for {purpose} but is not installed; install it with `{command}`."
+        f"{name} is needed for {purpose} but is not installed; "
+        f"install it with `{command}`{alternative}."
     )
     err.__cause__ = cause
     return err

@@ -434,6 +434,51 @@ class StreamingFrontEnd:
 # --------------------------------------------------------------------------------------------
 
 
+class Resampler:
+    """Streaming resampler to mono float32 at ``rate``: FFmpeg's swresample through PyAV.
+
+    The one resampler of ERI Live. Decoded PyAV audio frames (any layout, format and rate; files)
+    go through :meth:`frame`; blocks of mono samples at ``source_rate`` (the microphone) through
+    the call. Outputs are consecutive; :meth:`flush` returns the filter's tail at the end.
+    """
+
+    def __init__(self, rate: int = SAMPLE_RATE, source_rate: int | None = None) -> None:
+        import av  # here, not at the top: only file and microphone input need FFmpeg
+
+        self.rate = int(rate)
+        self.source_rate = source_rate
+        self._av = av
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """Consecutive mono samples [n] at ``source_rate`` -> [m] float32 at ``rate``."""
+        if self.source_rate is None:
+            raise ValueError("Resampler(source_rate=...) is needed to resample raw samples.")
+        frame = self._av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1),
+            format="flt",
+            layout="mono",
+        )
+        frame.sample_rate = int(self.source_rate)
+        return self.frame(frame)
+
+    def frame(self, frame: Any) -> np.ndarray:
+        """One decoded PyAV audio frame -> [m] float32 mono at ``rate``."""
+        return self._join(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        """The samples the filter still holds, once the input has ended."""
+        return self._join(self._resampler.resample(None))
+
+    @staticmethod
+    def _join(frames: list) -> np.ndarray:
+        if not frames:
+            return np.zeros(0, np.float32)
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(
+            np.float32, copy=False
+        )
+
+
 class AudioDecodeError(EriError, ValueError):
     """An audio or video file could not give audio samples; the message says which and why."""
 
@@ -441,7 +486,7 @@ class AudioDecodeError(EriError, ValueError):
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of any audio or video file to mono float32 [S].
 
-    Resampled with FFmpeg's resampler (PyAV) to ``sample_rate``. Raises
+    Resampled with :class:`Resampler` to ``sample_rate``. Raises
     :class:`AudioDecodeError` when the file is missing, has no audio stream or cannot be decoded.
     """
     import av  # here, not at the top: only file input needs FFmpeg
@@ -457,17 +502,17 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
                     f"{path} has no audio stream; use a file with an audio track or run "
                     "without audio."
                 )
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            resampler = Resampler(sample_rate)
             for frame in container.decode(container.streams.audio[0]):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+                chunks.append(resampler.frame(frame))
+            chunks.append(resampler.flush())
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise AudioDecodeError(
             f"Cannot decode audio from {path} ({reason}): the file is corrupt, truncated or not "
             "a media file; re-export or re-record it."
         ) from exc
-    if not chunks:
+    if not sum(len(c) for c in chunks):
         raise AudioDecodeError(
             f"{path} contains no decodable audio samples; re-export or re-record it."
         )

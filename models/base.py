@@ -1,4 +1,4 @@
-"""The streaming split every architecture implements (DESIGN.md, "Streaming model contract").
+"""The streaming split every architecture implements (docs/design.md, "Streaming model contract").
 
     encode_frames(faces[N, 3, S, S])            -> features[N, D]     per frame, stateless
     encode_audio(tokens[B, T, F])               -> audio[B, T, A]     per token, stateless
@@ -9,7 +9,8 @@
 Faces are RGB floats in [0, 1] from :func:`models.crop.align_face`; each model normalises them
 itself so the normalisation travels inside its weights and its ONNX. Audio tokens come from
 :mod:`models.audio`. Missing audio is ``audio=None`` (or ``audio_present=0``), which every
-architecture turns into exactly the input its modality dropout produced in training.
+architecture turns into exactly the input its modality dropout produced in training: the
+fusion heads share one gate for that, :func:`gate_modalities`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from eri.models.audio import AudioSpec
+from eri.models.layers import keep
 from eri.models.spec import CropSpec, WindowSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -158,3 +160,31 @@ def modality_dropout_masks(
     keep_video = both | video_only
     keep_audio = both | ~video_only
     return keep_video.float(), keep_audio.float()
+
+
+def gate_modalities(
+    visual: torch.Tensor,
+    audio: torch.Tensor | None,
+    visual_present: torch.Tensor | None,
+    audio_present: torch.Tensor | None,
+    dropout: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """The modality gate of the fusion heads: branch outputs -> one fused tensor.
+
+    ``visual`` [B, ...] and ``audio`` [B, ...] (same rank; ``None`` for a model without an
+    audio branch) are the two branches' outputs; ``visual_present`` / ``audio_present`` [B]
+    their presence flags (None: present). Each branch becomes exactly zero where its flag is 0
+    and, when ``dropout`` = (p_both, p_video) is given (training), where modality dropout drops
+    it, so a modality missing at inference is exactly the input training-time dropout produced.
+    Returns visual alone, or [visual, audio] concatenated on the last axis.
+    """
+    shape = (-1,) + (1,) * (visual.dim() - 1)  # flags [B] broadcast over the branch output
+    keep_v = presence(visual_present, visual).view(shape)
+    if audio is None:
+        return keep(visual, keep_v)
+    keep_a = presence(audio_present, visual).view(shape)
+    if dropout is not None:
+        mv, ma = modality_dropout_masks(visual.shape[0], *dropout, visual.device)
+        keep_v = keep_v * mv.view(shape)
+        keep_a = keep_a * ma.view(shape)
+    return torch.cat([keep(visual, keep_v), keep(audio, keep_a)], dim=-1)

@@ -1,11 +1,12 @@
-"""The model bundle: one directory is the whole model (DESIGN.md, "The model bundle").
+"""The model bundle: one directory is the whole model (docs/design.md, "The model bundle").
 
     BUNDLE/bundle.json          format version, architecture + config, emotions, specs,
                                 normalisation, provenance, "trained", exports
     BUNDLE/weights.safetensors  the state dict (architecture name in its metadata)
     BUNDLE/*.onnx, *.engine     exports, listed in bundle.json["exports"]
 
-Every consumer loads a model through :func:`load_bundle`.
+Every consumer loads a model through :func:`load_bundle`. ``eri bundle --arch NAME --out DIR``
+writes an untrained one (optionally with a pretrained backbone); training will write trained ones.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -126,7 +127,7 @@ def untrained_bundle(arch: str = DEFAULT_ARCH, **config: Any) -> Bundle:
         model = create_model(arch, **config).eval()
     bundle = Bundle(model=model, meta=bundle_meta(model, trained=False))
     bundle.notes.append(
-        f"UNTRAINED MODEL: no --model given, running a randomly initialised {arch}; "
+        f"UNTRAINED MODEL: no model bundle given, running a randomly initialised {arch}; "
         "its intensities are not meaningful."
     )
     return bundle
@@ -141,8 +142,9 @@ def save_bundle(
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` as a bundle directory. Written to a temporary sibling first and moved
-    into place, so a failure never leaves a half-written bundle."""
-    from safetensors.torch import save_file
+    into place, so a failure never leaves a half-written bundle. The directory and its files get
+    the usual permissions under the process umask (typically 0755 and 0644)."""
+    from safetensors.torch import save
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -150,7 +152,9 @@ def save_bundle(
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+        # Not tempfile.mkdtemp: it makes the directory 0700 whatever the umask.
+        tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp.mkdir()
     except OSError as exc:
         raise BundleError(
             f"Cannot write the bundle in {parent} ({exc.strerror}); choose a writable folder."
@@ -158,10 +162,12 @@ def save_bundle(
     try:
         meta = bundle_meta(model, trained=trained, provenance=provenance)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(
-            state,
-            str(tmp / WEIGHTS_FILE),
-            metadata={"architecture": model.arch_name, "format_version": str(FORMAT_VERSION)},
+        # Bytes written with a plain open(), not save_file (which makes the file 0600).
+        (tmp / WEIGHTS_FILE).write_bytes(
+            save(
+                state,
+                metadata={"architecture": model.arch_name, "format_version": str(FORMAT_VERSION)},
+            )
         )
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         if path.exists():
@@ -179,14 +185,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise BundleError(
-            f"Model bundle {path} does not exist; pass a bundle directory "
-            "made by `eri train` or omit --model to run an untrained model."
+            f"Model bundle {path} does not exist; check the path, or write one with "
+            "`eri bundle --arch NAME --out DIR`."
         )
     meta_file = path / BUNDLE_JSON if path.is_dir() else path
     if meta_file.name != BUNDLE_JSON or not meta_file.is_file():
         raise BundleError(
-            f"{path} is not a model bundle (no {BUNDLE_JSON} in it); "
-            "pass the directory that `eri train` wrote."
+            f"{path} is not a model bundle (no {BUNDLE_JSON} in it); pass a bundle directory, "
+            "such as one `eri bundle --arch NAME --out DIR` writes."
         )
     try:
         meta = json.loads(meta_file.read_text())

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from eri.models.audio import AudioSpec
-from eri.models.base import StreamingModel, modality_dropout_masks, presence
-from eri.models.layers import keep, resnet50, vgg16
+from eri.models.base import StreamingModel, gate_modalities
+from eri.models.layers import resnet50, vgg16
 from eri.models.registry import register_model
 from eri.models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
 
@@ -154,22 +154,14 @@ class CnnLstm(StreamingModel):
         visual_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """visual [B, T, D], audio [B, T, A] | None, presence [B] -> intensities [B, 7]."""
-        keep_v = presence(visual_present, visual).view(-1, 1)  # [B, 1]
         hv = self.visual_lstm(visual)[0][:, -1]  # [B, hidden]
+        ha = None
         if self.has_audio:
-            if audio is None:
+            if audio is None:  # missing: a zero summary, flagged absent
                 ha = visual.new_zeros(visual.shape[0], self.audio_lstm.hidden_size)
-                keep_a = torch.zeros_like(keep_v)
+                audio_present = visual.new_zeros(visual.shape[0])
             else:
                 ha = self.audio_lstm(audio)[0][:, -1]  # [B, audio_hidden]
-                keep_a = presence(audio_present, visual).view(-1, 1)
-            if self.training:
-                mv, ma = modality_dropout_masks(
-                    visual.shape[0], self.p_both, self.p_video, visual.device
-                )
-                keep_v = keep_v * mv.view(-1, 1)
-                keep_a = keep_a * ma.view(-1, 1)
-            summary = torch.cat([keep(hv, keep_v), keep(ha, keep_a)], dim=-1)
-        else:
-            summary = keep(hv, keep_v)
+        dropout = (self.p_both, self.p_video) if self.training else None
+        summary = gate_modalities(hv, ha, visual_present, audio_present, dropout)
         return torch.sigmoid(self.fusion(summary))

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from eri.models.audio import AudioSpec
-from eri.models.base import StreamingModel, modality_dropout_masks, presence
-from eri.models.layers import AttentionPool, TemporalConvNet, keep, resnet18, transformer_encoder
+from eri.models.base import StreamingModel, gate_modalities
+from eri.models.layers import AttentionPool, TemporalConvNet, resnet18, transformer_encoder
 from eri.models.registry import register_model
 from eri.models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
 
@@ -180,23 +180,14 @@ class DualBranch(StreamingModel):
         visual_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """visual [B, T, 256], audio [B, T, A] | None, presence [B] -> intensities [B, 7]."""
-        keep_v = presence(visual_present, visual)  # [B, 1, 1]
         v = self.visual_temporal(visual)  # [B, T, d]
+        a = None
         if self.has_audio:
-            if audio is None:
-                a = torch.zeros_like(v)
-                keep_a = torch.zeros_like(keep_v)
+            if audio is None:  # missing: a zero branch, flagged absent
+                a, audio_present = torch.zeros_like(v), v.new_zeros(v.shape[0])
             else:
                 a = self.audio_temporal(audio)
-                keep_a = presence(audio_present, visual)
-            if self.training:
-                mv, ma = modality_dropout_masks(
-                    visual.shape[0], self.p_both, self.p_video, visual.device
-                )
-                keep_v = keep_v * mv.view(-1, 1, 1)
-                keep_a = keep_a * ma.view(-1, 1, 1)
-            fused = torch.cat([keep(v, keep_v), keep(a, keep_a)], dim=-1)  # [B, T, 2d]
-        else:
-            fused = keep(v, keep_v)
+        dropout = (self.p_both, self.p_video) if self.training else None
+        fused = gate_modalities(v, a, visual_present, audio_present, dropout)  # [B, T, 2d | d]
         pooled = self.temporal_pool(self.fusion_norm(fused))  # [B, 2d]
         return torch.sigmoid(self.out(self.drop(pooled)))

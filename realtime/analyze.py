@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +16,21 @@ import numpy as np
 from eri.models.bundle import Bundle
 from eri.models.spec import EMOTIONS
 from eri.realtime.backends import Backend
-from eri.realtime.outputs import PredictionWriter, open_for_writing, plot_curves
-from eri.realtime.pipeline import STAGES, FrameOutput, StreamingEngine, output_row, run_offline
+from eri.realtime.outputs import (
+    CSV_COLUMNS,
+    FIRST_EMOTION,
+    PredictionWriter,
+    open_for_writing,
+    plot_curves,
+)
+from eri.realtime.pipeline import (
+    AUDIO_ONLY_RATE,
+    STAGES,
+    FrameOutput,
+    StreamingEngine,
+    output_row,
+    run_offline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +44,27 @@ class Analysis:
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
+    def column(self, name: str) -> np.ndarray:
+        """One CSV column [rows] as float64."""
+        i = CSV_COLUMNS.index(name)
+        return np.array([r[i] for r in self.rows], dtype=np.float64)
+
     @property
     def times(self) -> np.ndarray:
-        return np.array([r[0] for r in self.rows], dtype=np.float64)
+        return self.column("time_s")
 
     @property
     def intensities(self) -> np.ndarray:
-        return np.array([r[4:] for r in self.rows], dtype=np.float32).reshape(-1, len(EMOTIONS))
+        values = [r[FIRST_EMOTION : FIRST_EMOTION + len(EMOTIONS)] for r in self.rows]
+        return np.array(values, dtype=np.float32).reshape(-1, len(EMOTIONS))
 
     @property
     def face(self) -> np.ndarray:
-        return np.array([r[2] for r in self.rows], dtype=np.float32)
+        return self.column("face_detected").astype(np.float32)
 
     @property
     def audio(self) -> np.ndarray:
-        return np.array([r[3] for r in self.rows], dtype=np.float32)
+        return self.column("audio_present").astype(np.float32)
 
 
 def percentiles(values: list[float] | np.ndarray, qs: tuple[int, ...] = (50, 95, 99)) -> dict:
@@ -57,6 +78,58 @@ def make_tracker(bundle: Bundle, subject: str | int = "largest"):
     from eri.realtime.face import FaceTracker
 
     return FaceTracker(crop=bundle.model.crop, subject=subject)
+
+
+def expected_rows(source) -> int | None:
+    """Rows a source should give (the progress bar's total): the video stream's frame count,
+    else its duration x frame rate; for a source without video, duration x AUDIO_ONLY_RATE.
+    None when unknown."""
+    has_video = getattr(source, "has_video", True)
+    if has_video:
+        count = getattr(source, "frame_count", None)
+        if count and count > 0:
+            return int(count)
+    rate = getattr(source, "fps", None) if has_video else AUDIO_ONLY_RATE
+    duration = getattr(source, "duration_s", None)
+    if rate and duration and math.isfinite(rate * duration) and rate * duration >= 1:
+        return int(round(rate * duration))
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failure in words for the JSON summary: never empty, Ctrl-C says "interrupted"."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user (KeyboardInterrupt, Ctrl-C); the rows before it were kept"
+    if not isinstance(exc, Exception):  # SystemExit, GeneratorExit, ...
+        return f"interrupted ({exc!r}); the rows before it were kept"
+    return str(exc).strip() or repr(exc)
+
+
+class _AtomicJson:
+    """A JSON file written whole or not at all: a temporary file beside it, then os.replace.
+
+    The temporary file is created at once, so an unwritable location fails before any work.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._file = open_for_writing(self.tmp, "JSON summary")
+
+    def write(self, data: Any) -> None:
+        try:
+            with self._file:
+                json.dump(data, self._file, indent=2)
+                self._file.write("\n")
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def analyze(
@@ -77,23 +150,33 @@ def analyze(
     counted left to right.
 
     A stream that fails midway keeps everything up to that point (CSV, plot and JSON are still
-    written) and re-raises the error.
+    written) and re-raises the error. A source without video builds no face tracker.
     """
     from eri.realtime.sources import open_source
 
     result = Analysis()
     source = open_source(str(media), realtime=False)
     # Open every output first, so a bad path fails before any work is done.
-    json_file = open_for_writing(json_path, "JSON summary") if json_path else None
-    writer = PredictionWriter(csv_path) if csv_path else None
-    tracker = make_tracker(bundle, subject)
-    engine = StreamingEngine(bundle, backend, tracker, mode=mode, fps=source.fps)
+    json_file = _AtomicJson(json_path) if json_path else None
+    writer = None
+    try:
+        writer = PredictionWriter(csv_path) if csv_path else None
+        has_video = getattr(source, "has_video", True)
+        tracker = make_tracker(bundle, subject) if has_video else None
+        engine = StreamingEngine(bundle, backend, tracker, mode=mode, fps=source.fps)
+    except BaseException:
+        if json_file is not None:
+            json_file.discard()
+        if writer is not None:
+            writer.close()
+        raise
     bar = None
     if progress:
         from tqdm import tqdm
 
-        total = getattr(source, "frame_count", None) or None
-        bar = tqdm(total=total, unit="frame", desc=Path(str(media)).name, leave=False)
+        unit = "frame" if has_video else "step"
+        total = expected_rows(source)
+        bar = tqdm(total=total, unit=unit, desc=Path(str(media)).name, leave=False)
     failure: BaseException | None = None
     wall0 = time.perf_counter()
     try:
@@ -104,10 +187,13 @@ def analyze(
                     bar.update(1)
     except BaseException as exc:
         failure = exc
-        result.error = str(exc)
+        result.error = describe_failure(exc)
     finally:
         wall = time.perf_counter() - wall0
         if bar is not None:
+            if failure is None and bar.n:  # the header's count is an estimate (VFR files)
+                bar.total = bar.n
+                bar.refresh()
             bar.close()
         if writer is not None:
             writer.close()
@@ -115,10 +201,9 @@ def analyze(
         if close:
             close()
     result.summary = summarise(result, media, bundle, backend, mode, source, engine, wall)
+    result.summary["interrupted"] = failure is not None and not isinstance(failure, Exception)
     if json_file is not None:
-        with json_file:
-            json.dump(result.summary, json_file, indent=2)
-            json_file.write("\n")
+        json_file.write(result.summary)
     if plot_path and result.rows:
         plot_curves(
             result.times,
@@ -127,6 +212,7 @@ def analyze(
             plot_path,
             title=f"{Path(str(media)).name}: emotional reaction intensity",
             subtitle=_plot_subtitle(bundle, backend, result),
+            has_video=has_video,
         )
     if failure is None and len(result.rows) < 2:
         from eri.realtime.pipeline import PipelineError
@@ -204,7 +290,7 @@ def summarise(
         "fps": n / wall_s if wall_s > 0 else None,
         "stages_ms": {s: percentiles(v) for s, v in result.stages_ms.items() if v},
         "source_stats": source.stats() if hasattr(source, "stats") else {},
-        "face_tracker": engine.tracker.stats(),
+        "face_tracker": engine.tracker.stats() if engine.tracker is not None else {},
         "audio_gaps": engine.audio_gaps,
         "notes": list(bundle.notes),
         "error": result.error,

@@ -1,21 +1,18 @@
 """Inference backends behind one interface: ``torch``, ``onnxruntime`` (and ``tensorrt``).
 
-Each backend runs the two graphs of the streaming split on numpy arrays:
+Each backend runs the two graphs of the streaming split on numpy arrays, positionally:
 
     encode_frames(faces[N, 3, S, S] float32) -> features[N, D] float32
-    head(inputs: {name: array}) -> intensities[B, 7] float32
+    head(visual[B, T, D], audio_tokens[B, T, F] | None,
+         audio_present[B] | None, visual_present[B]) -> intensities[B, 7] float32
 
-Heavy runtimes are imported lazily so a CPU-only install imports cleanly.
+The ONNX tensor names stay inside :class:`OnnxRuntimeBackend`. Heavy runtimes are imported
+lazily so a CPU-only install imports cleanly; the ONNX export cache is in :mod:`models.export`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,12 +22,11 @@ from eri.errors import EriError
 from eri.models.export import (
     FACES,
     FEATURES,
-    FRAME_ENCODER_FILE,
-    HEAD_FILE,
     INTENSITIES,
-    export_onnx,
     head_graph,
     head_input_names,
+    import_onnxruntime,
+    onnx_paths,
     ort_session,
 )
 
@@ -77,15 +73,43 @@ class Backend:
     def __init__(self, bundle: Any) -> None:
         self.bundle = bundle
         self.model = bundle.model
-        self.input_names: list[str] = head_input_names(self.model)
+        self.has_audio: bool = self.model.has_audio
 
     def encode_frames(self, faces: np.ndarray) -> np.ndarray:
         """faces [N, 3, S, S] float32 in [0, 1] -> features [N, D] float32."""
         raise NotImplementedError
 
-    def head(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Head inputs keyed by ONNX name (visual [B, T, D], ...) -> intensities [B, 7]."""
+    def head(
+        self,
+        visual: np.ndarray,
+        audio_tokens: np.ndarray | None,
+        audio_present: np.ndarray | None,
+        visual_present: np.ndarray,
+    ) -> np.ndarray:
+        """visual [B, T, D], audio tokens [B, T, F] | None, presence flags [B] (1 = present)
+        -> intensities [B, 7]. A model without an audio branch ignores the audio arguments;
+        one with an audio branch takes None as "no audio" (zero tokens, flagged absent)."""
         raise NotImplementedError
+
+    def _head_args(
+        self,
+        visual: np.ndarray,
+        audio_tokens: np.ndarray | None,
+        audio_present: np.ndarray | None,
+        visual_present: np.ndarray,
+    ) -> list[np.ndarray]:
+        """The head graph's inputs in its order, as contiguous float32 arrays."""
+        args = [visual]
+        if self.has_audio:
+            b, t = visual.shape[:2]
+            if audio_tokens is None:
+                audio_tokens = np.zeros((b, t, self.model.audio_spec.token_dim), np.float32)
+                audio_present = np.zeros(b, np.float32)
+            elif audio_present is None:
+                audio_present = np.ones(b, np.float32)
+            args += [audio_tokens, audio_present]
+        args.append(visual_present)
+        return [np.ascontiguousarray(a, np.float32) for a in args]
 
     def describe(self) -> str:
         return f"{self.name} {self.precision} on {self.device}"
@@ -113,14 +137,12 @@ class TorchBackend(Backend):
             x = torch.from_numpy(np.ascontiguousarray(faces)).to(self.device)
             return self.model.encode_frames(x).float().cpu().numpy()
 
-    def head(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def head(self, visual, audio_tokens, audio_present, visual_present) -> np.ndarray:
         torch = self._torch
+        args = self._head_args(visual, audio_tokens, audio_present, visual_present)
         with torch.inference_mode():
-            t = {
-                k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
-                for k, v in inputs.items()
-            }
-            return self.graph(*(t[n] for n in self.input_names)).float().cpu().numpy()
+            t = [torch.from_numpy(a).to(self.device) for a in args]
+            return self.graph(*t).float().cpu().numpy()
 
 
 class OnnxRuntimeBackend(Backend):
@@ -130,61 +152,24 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, bundle: Any, threads: int = 0, providers: list[str] | None = None) -> None:
         super().__init__(bundle)
+        import_onnxruntime()  # before a possibly long export, say what is missing
         paths = onnx_paths(bundle)
         # Idle encoder threads do not busy-wait, leaving the cores to decoding and face tracking
-        # (measured on 2 cores: 157 vs 139 frames/s end to end, live p95 latency 12 vs 18 ms).
+        # (faster end to end and lower live latency on small machines).
         self.encoder = ort_session(paths["frame_encoder"], providers, threads, spin=False)
         # The head is tiny: one thread. A second multi-threaded pool would spin against the
-        # encoder's between calls (measured: 7.7 ms vs 3.6 ms per output step on 2 cores).
+        # encoder's between calls.
+        self.input_names: list[str] = head_input_names(self.model)
         self.head_session = ort_session(paths["head"], providers, threads=1)
         self.device = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()
 
     def encode_frames(self, faces: np.ndarray) -> np.ndarray:
         return self.encoder.run([FEATURES], {FACES: np.ascontiguousarray(faces, np.float32)})[0]
 
-    def head(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {n: np.ascontiguousarray(inputs[n], np.float32) for n in self.input_names}
+    def head(self, visual, audio_tokens, audio_present, visual_present) -> np.ndarray:
+        args = self._head_args(visual, audio_tokens, audio_present, visual_present)
+        feed = dict(zip(self.input_names, args))  # same order: head_input_names
         return self.head_session.run([INTENSITIES], feed)[0]
-
-
-def weights_digest(model: Any) -> str:
-    """A short hash of a model's architecture, config, specs and weights (cache key)."""
-    h = hashlib.sha256()
-    h.update(json.dumps([model.arch_name, model.config, model.specs()], sort_keys=True).encode())
-    for key, tensor in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    """Where exports of bundles without their own live (``$ERI_CACHE_DIR`` overrides)."""
-    root = os.environ.get("ERI_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "eri-live"
-    )
-    return Path(root)
-
-
-def onnx_paths(bundle: Any) -> dict[str, Path]:
-    """The bundle's fp32 ONNX graphs: its own exports, else a cached export made now."""
-    own = {
-        g: bundle.export_path(f)
-        for g, f in (("frame_encoder", FRAME_ENCODER_FILE), ("head", HEAD_FILE))
-    }
-    if all(own.values()):
-        return own  # type: ignore[return-value]
-    target = cache_dir() / "onnx" / f"{bundle.model.arch_name}-{weights_digest(bundle.model)}"
-    paths = {"frame_encoder": target / FRAME_ENCODER_FILE, "head": target / HEAD_FILE}
-    if not all(p.is_file() for p in paths.values()):
-        log.info("Exporting %s to ONNX in %s (once; cached)", bundle.name, target)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        export_onnx(bundle.model, tmp)
-        tmp.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    return paths
 
 
 def create_backend(

@@ -11,12 +11,14 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from eri import __version__
 from eri.choices import (
     BACKENDS,
     BENCHMARK_MODES,
@@ -32,10 +34,70 @@ log = logging.getLogger("eri")
 
 EXIT_USER_ERROR = 1
 EXIT_NOT_IMPLEMENTED = 2
+EXIT_INTERRUPTED = 130
 
 
 class UserError(EriError):
     """A wrong command-line argument; its message is one sentence saying how to fix it."""
+
+
+# `eri benchmark` defaults, sized to finish in about two minutes on an idle 2-core CPU (the
+# test suite checks they match eri.realtime.benchmark, which this module must not import).
+BENCH_WARMUP = 16  # frames before timing starts: two offline batches of 8
+BENCH_MIN_FRAMES = 2 * BENCH_WARMUP  # fewer measured frames give no meaningful FPS
+BENCH_FRAMES = 64
+BENCH_REPEATS = 2
+BENCH_BACKENDS = "onnxruntime"
+BENCH_MODES = "streaming,recompute"
+
+
+# --------------------------------------------------------------------------- checks before work
+def check_writable(path: str | Path, what: str, option: str) -> Path:
+    """Refuse, before any work, an output that could not be written at the end.
+
+    A missing folder is fine when it can be created (the writers create it); a folder that
+    cannot be created or written, or a path that is a directory, is an error naming ``option``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a directory; give a file name for the {what}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{option} {path}: {existing} is a file, not a folder; choose another {option}."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        where = parent if existing == parent else f"{parent} (cannot create it in {existing})"
+        raise UserError(
+            f"Cannot write the {what} {path}: {where} is not writable; "
+            f"choose a writable location for {option}."
+        )
+    return path
+
+
+def plot_extensions() -> list[str]:
+    """File extensions matplotlib can save a figure as (png, pdf, svg, jpg, ...), sorted."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """The plot's extension must be one matplotlib writes (png, pdf, svg, ...)."""
+    ext = Path(path).suffix.lower().lstrip(".")
+    known = plot_extensions()
+    if ext not in known:
+        shown = f".{ext}" if ext else "no extension"
+        raise UserError(
+            f"--plot {path} has {shown}, which matplotlib cannot write; end it in .png "
+            f"(or one of {', '.join('.' + e for e in known if e != 'png')})."
+        )
+    return check_writable(path, "plot", "--plot")
 
 
 # --------------------------------------------------------------------------- info / models
@@ -143,11 +205,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from eri.models.bundle import load_bundle, record_export
-    from eri.models.export import FP32_TOLERANCE, compare_onnx, export_format, export_onnx
+    from eri.models.export import (
+        FP32_TOLERANCE,
+        ONNX_ERROR_LABEL,
+        compare_onnx,
+        export_format,
+        export_onnx,
+    )
 
     fmt = export_format(args.format)
-    if not fmt.available:
-        return not_implemented(f"export --format {fmt.name}")
     bundle = load_bundle(args.bundle)
     out_dir = Path(args.out) if args.out else bundle.path
     try:
@@ -172,13 +238,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         diffs = compare_onnx(bundle.model, paths)
         worst = max(diffs.values())
         for name, diff in diffs.items():
-            print(f"{name}: max |onnxruntime - torch| = {diff:.3e}")
+            print(f"{name}: {ONNX_ERROR_LABEL} = {diff:.3e}")
         if worst > FP32_TOLERANCE:
             raise UserError(
-                f"ONNX Runtime differs from torch by {worst:.3e} > {FP32_TOLERANCE}; "
-                "the export is not faithful, report this with the bundle."
+                f"ONNX Runtime differs from torch by {worst:.3e} (relative to max(1, max |torch|))"
+                f" > {FP32_TOLERANCE}; the export is not faithful, report this with the bundle."
             )
-        print(f"OK: within {FP32_TOLERANCE:g}")
+        print(f"OK: within {FP32_TOLERANCE:g} relative to max(1, max |torch|)")
     return 0
 
 
@@ -215,6 +281,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     media = Path(args.media)
     if not media.exists():
         raise UserError(f"{media} does not exist; pass a video, audio file or session folder.")
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.out:
+        check_writable(args.out, "predictions CSV", "--out")
+    if args.json:
+        check_writable(args.json, "JSON summary", "--json")
     bundle, backend = _load_model(args)
     result = analyze(
         media,
@@ -248,36 +320,65 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- benchmark
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from eri.realtime.benchmark import benchmark, format_table, write_json
-
-    def split(text: str) -> list[str]:
-        return [x.strip() for x in text.split(",") if x.strip()]
-
     is_camera = args.source.isdigit()
     if args.source != "synthetic" and not is_camera and not Path(args.source).exists():
         raise UserError(
             f"{args.source} does not exist; pass a video file, a camera index or `synthetic`."
         )
-    modes = split(args.mode)
-    bad = [m for m in modes if m not in BENCHMARK_MODES]
-    if bad:
-        raise UserError(f"Unknown --mode {bad}; choose from streaming, recompute, live.")
+    if args.json:
+        check_writable(args.json, "benchmark JSON", "--json")
+    from eri.realtime.benchmark import benchmark, format_table, write_json
+
     bundle = load_bundle_arg(args)
     result = benchmark(
         bundle,
-        backends=split(args.backends),
-        precisions=split(args.precisions),
-        modes=modes,
+        backends=args.backends,
+        precisions=args.precisions,
+        modes=args.mode,
         source=args.source,
         frames=args.frames,
         repeats=args.repeats,
         threads=args.threads,
         pace_fps=args.pace_fps,
+        progress=not args.no_progress,
     )
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
         log.info("wrote %s", args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------- bundle
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Write an untrained bundle of ``--arch`` (its backbone from ``--pretrained`` if given)."""
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out} already exists; choose another --out or remove it first.")
+    check_writable(out / "bundle.json", "bundle", "--out")
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise UserError(
+            f"--pretrained {args.pretrained} does not exist; pass a backbone weights file "
+            "(.safetensors, .pt or .pth)."
+        )
+    from eri.models import list_models
+
+    if args.arch not in list_models():
+        raise UserError(
+            f"Unknown architecture {args.arch!r}; choose one of: {', '.join(list_models())}."
+        )
+    from eri.models.bundle import save_bundle, untrained_bundle
+
+    bundle = untrained_bundle(args.arch)
+    provenance: dict[str, Any] = {"created_by": "eri bundle"}
+    if args.pretrained:
+        from eri.models.weights import load_backbone_weights
+
+        report = load_backbone_weights(bundle.model, args.pretrained)
+        provenance["backbone_weights"] = {"file": str(args.pretrained), "load": report.summary()}
+    save_bundle(bundle.model, out, trained=False, provenance=provenance)
+    what = "pretrained backbone, untrained head" if args.pretrained else "random weights"
+    log.info("wrote an untrained %s bundle (%s) to %s", args.arch, what, out)
     return 0
 
 
@@ -300,6 +401,45 @@ def _subject(text: str) -> str | int:
     raise argparse.ArgumentTypeError("use largest, center or a face index (0, 1, ...)")
 
 
+def _int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; use at least {minimum}{why}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def _comma_list(kind: str, allowed: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
+    """A comma-separated list whose every item is one of ``allowed`` (else argparse's exit 2)."""
+
+    def parse(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            what = f"unknown {kind} {', '.join(map(repr, bad))}" if bad else f"no {kind} given"
+            raise argparse.ArgumentTypeError(
+                f"{what}; give a comma-separated list of {', '.join(allowed)}"
+            )
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
     p.add_argument(
@@ -314,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eri", description="ERI Live: real-time Emotional Reaction Intensity."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="versions, cameras, microphones, GPUs, backends")
@@ -344,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("media")
     _add_model_args(p)
     p.add_argument("--out", help="CSV of per-frame intensities")
-    p.add_argument("--plot", help="PNG of the seven curves")
+    p.add_argument("--plot", help="image of the seven curves (.png, .pdf, .svg, ...)")
     p.add_argument("--json", help="JSON summary")
     p.add_argument("--mode", default="streaming", choices=ENGINE_MODES)
     p.add_argument(
@@ -376,7 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a bundle to ONNX or TensorRT")
     p.add_argument("bundle")
     p.add_argument("--format", default="onnx", choices=available_formats())
-    p.add_argument("--calib")
     p.add_argument("--out", help="output directory (default: the bundle itself)")
     p.add_argument(
         "--check",
@@ -385,39 +525,113 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser(
+        "bundle",
+        help="write an untrained model bundle (optionally with a pretrained backbone)",
+        description="Write a model bundle directory of --arch: random weights from a fixed seed, "
+        'or its backbone loaded from --pretrained; either way marked "trained": false. '
+        "Use it with --model, or export it with `eri export DIR`.",
+    )
+    p.add_argument("--arch", default=DEFAULT_ARCH, help="architecture (eri models)")
+    p.add_argument("--out", required=True, help="bundle directory to create (must not exist)")
+    p.add_argument(
+        "--pretrained",
+        metavar="PATH",
+        help="backbone weights (torchvision-style ImageNet or AffectNet ResNet/VGG state dict)",
+    )
+    p.set_defaults(func=cmd_bundle)
+
     p = sub.add_parser("calibrate", help="INT8 calibration")
     p.add_argument("bundle")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_stub("calibrate"))
 
-    p = sub.add_parser("benchmark", help="measure per-stage latency and FPS")
+    p = sub.add_parser(
+        "benchmark",
+        help="measure per-stage latency and FPS",
+        description="Run every backend x precision x mode --repeats times, interleaved, and "
+        "print per-stage latency, end-to-end FPS and model-only time. Each run skips "
+        f"{BENCH_WARMUP} warm-up frames, then times --frames frames (rounded up to whole "
+        "8-frame batches). The defaults take about two minutes on an idle 2-core CPU.",
+    )
     p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
     p.add_argument(
         "--arch", default=DEFAULT_ARCH, help="architecture of the untrained model (eri models)"
     )
     p.add_argument("--source", default="synthetic", help="video file, camera index or synthetic")
-    p.add_argument("--backends", default="torch,onnxruntime")
-    p.add_argument("--precisions", default="fp32")
+    p.add_argument(
+        "--backends",
+        default=BENCH_BACKENDS,
+        type=_comma_list("backend", BACKENDS),
+        help=f"comma list of {', '.join(BACKENDS)} (default: {BENCH_BACKENDS})",
+    )
+    p.add_argument(
+        "--precisions",
+        default="fp32",
+        type=_comma_list("precision", available_precisions()),
+        help=f"comma list of {', '.join(available_precisions())} (default: fp32)",
+    )
     p.add_argument(
         "--mode",
-        default="streaming,recompute",
-        help="comma list of streaming, recompute, live (paced at the source's rate)",
+        default=BENCH_MODES,
+        type=_comma_list("mode", BENCHMARK_MODES),
+        help="comma list of streaming, recompute, live (paced at the source's rate) "
+        f"(default: {BENCH_MODES})",
     )
-    p.add_argument("--frames", type=int, default=150, help="measured frames per run")
-    p.add_argument("--repeats", type=int, default=3, help="runs per configuration, interleaved")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: runtime default)")
+    p.add_argument(
+        "--frames",
+        type=_int_at_least(BENCH_MIN_FRAMES, f" (twice the {BENCH_WARMUP} warm-up frames)"),
+        default=BENCH_FRAMES,
+        help=f"measured frames per run, at least {BENCH_MIN_FRAMES} (default: {BENCH_FRAMES})",
+    )
+    p.add_argument(
+        "--repeats",
+        type=_int_at_least(1),
+        default=BENCH_REPEATS,
+        help=f"runs per configuration, interleaved (default: {BENCH_REPEATS})",
+    )
+    p.add_argument(
+        "--threads",
+        type=_int_at_least(0),
+        default=0,
+        help="intra-op threads (default 0: the runtime's choice)",
+    )
     p.add_argument(
         "--pace-fps",
-        type=float,
+        type=_positive_float,
         help="frame rate the live mode plays the source at (default: its own)",
     )
-    p.add_argument("--json")
+    p.add_argument("--json", help="write the full result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_benchmark)
     return parser
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (kill, a service manager, a closed terminal's job control) stops a command the way
+    # Ctrl-C does: outputs written so far are closed intact, exit status 130.
+    installed, previous = False, None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        installed = True
+    except ValueError:  # not the main thread (main() called from a worker): leave it alone
+        pass
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("eri: interrupted; outputs written so far are kept.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,
@@ -430,9 +644,6 @@ def main(argv: list[str] | None = None) -> int:
     except EriError as exc:
         log.error("error: %s", exc)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""What the pipeline writes: the predictions CSV (DESIGN.md, "CSV columns") and the curve plot."""
+"""What the pipeline writes: the predictions CSV (docs/design.md, "CSV columns") and the plot.
+
+The CSV row is defined here once: :data:`CSV_COLUMNS` and :func:`prediction_row`.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from eri.models.spec import EMOTIONS
 
 log = logging.getLogger(__name__)
 
+#: The CSV's columns: four per output step, then one intensity in [0, 1] per emotion.
 CSV_COLUMNS: tuple[str, ...] = (
     "time_s",
     "frame_index",
@@ -22,7 +26,36 @@ CSV_COLUMNS: tuple[str, ...] = (
     "audio_present",
     *EMOTIONS,
 )
+#: Index of the first emotion column in a row.
+FIRST_EMOTION = CSV_COLUMNS.index(EMOTIONS[0])
 FLUSH_EVERY_S = 1.0
+
+
+def prediction_row(
+    time_s: float,
+    frame_index: int,
+    face_detected: bool,
+    audio_present: bool,
+    intensities: Sequence[float] | np.ndarray,
+) -> list[float | int]:
+    """One output step as a row in :data:`CSV_COLUMNS` order: time in s (rounded to 0.1 ms),
+    frame index, face and audio flags as 0/1, then ``intensities`` [>= 7], one per EMOTIONS."""
+    values = [float(v) for v in intensities[: len(EMOTIONS)]]
+    if len(values) != len(EMOTIONS):
+        raise ValueError(f"A row needs {len(EMOTIONS)} intensities, got {len(values)}.")
+    return [
+        round(time_s, 4),
+        frame_index,
+        int(face_detected),
+        int(audio_present),
+        *values,
+    ]
+
+
+def format_row(row: Sequence[float | int]) -> list[str | int]:
+    """A :func:`prediction_row` as the CSV writes it (4 decimals of time, 6 of intensity)."""
+    t, index, face, audio, *values = row
+    return [f"{t:.4f}", index, face, audio, *(f"{v:.6f}" for v in values)]
 
 
 class OutputWriteError(EriError, OSError):
@@ -47,14 +80,13 @@ class PredictionWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file = open_for_writing(self.path, "predictions CSV")
-        self._csv = csv.writer(self._file)
+        self._csv = csv.writer(self._file, lineterminator="\n")
         self._csv.writerow(CSV_COLUMNS)
         self._last_flush = time.monotonic()
         self.rows = 0
 
     def write(self, row: Sequence[float | int]) -> None:
-        t, index, face, audio, *values = row
-        self._csv.writerow([f"{t:.4f}", index, face, audio, *(f"{v:.6f}" for v in values)])
+        self._csv.writerow(format_row(row))
         self.rows += 1
         now = time.monotonic()
         if now - self._last_flush >= FLUSH_EVERY_S:
@@ -108,8 +140,10 @@ def plot_curves(
     *,
     title: str,
     subtitle: str = "",
+    has_video: bool = True,
 ) -> Path:
-    """PNG of the seven curves [N, 7] over time [N], face-lost spans shaded grey."""
+    """PNG of the seven curves [N, 7] over time [N], face-lost spans shaded grey (only for a
+    source with video: an audio-only source has no face to lose)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -120,7 +154,7 @@ def plot_curves(
         len(EMOTIONS), 1, figsize=(11, 9), sharex=True, constrained_layout=True
     )
     colours = plt.get_cmap("tab10").colors
-    lost = _spans(times, face < 0.5) if len(times) else []
+    lost = _spans(times, face < 0.5) if has_video and len(times) else []
     for i, (ax, name) in enumerate(zip(axes, EMOTIONS)):
         for a, b in lost:
             ax.axvspan(

@@ -1,14 +1,15 @@
-"""The streaming inference loop (DESIGN.md, "The data path").
+"""The streaming inference loop (docs/design.md, "The data path").
 
     frames, audio chunks (one clock)
       -> FaceTracker -> aligned crop                     (every frame)
       -> backend.encode_frames(crop) -> feature ring     (once per frame, "streaming")
       -> StreamingFrontEnd (MFCC frames)                 (as audio arrives)
-      -> WindowSpec sample times -> nearest features + audio tokens
+      -> Window: WindowSpec sample times, nearest cached rows, audio tokens, presence flags
       -> backend.head -> 7 intensities                   (every frame)
 
 ``mode="recompute"`` keeps the crops instead and re-encodes all T sampled crops for every output
-step, as the seeds' code does: the baseline the benchmark compares against.
+step, as the seeds' code does: the baseline the benchmark compares against. Both modes gather
+an output step's inputs the same way, as one :class:`Window` (:meth:`StreamingEngine.window_at`).
 
 :func:`run_offline` feeds every event of a source to the engine (analysis); :class:`LiveRunner`
 reads the source in its own thread into a newest-wins slot and a bounded audio queue, so capture
@@ -31,10 +32,9 @@ from eri.errors import EriError
 from eri.models.audio import SILENCE_DB, StreamingFrontEnd
 from eri.models.bundle import Bundle
 from eri.models.crop import to_tensor_layout
-from eri.models.export import AUDIO_PRESENT, AUDIO_TOKENS, VISUAL, VISUAL_PRESENT
-from eri.models.spec import NUM_EMOTIONS
 from eri.realtime.backends import Backend
 from eri.realtime.buffers import BoundedQueue, LatestSlot, RingBuffer
+from eri.realtime.outputs import prediction_row
 from eri.realtime.sources import AudioChunk, Source, VideoFrame
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,36 @@ class FrameOutput:
     box: tuple[float, float, float, float] | None = None
 
 
+@dataclass(frozen=True)
+class Window:
+    """The inputs of the output step at ``time_s``, gathered once for either mode.
+
+    T = the WindowSpec's samples, D = feature length, S = crop side, F = audio token length.
+    Only what was known at ``time_s`` is used (cached frames and audio up to it).
+    """
+
+    time_s: float
+    #: [T] float64: the sample times (s), oldest first.
+    times: np.ndarray
+    #: [T, D] float32 cached features ("streaming") or [T, S, S, 3] uint8 crops ("recompute"):
+    #: the cached frame nearest each sample time; None while no frame is cached.
+    rows: np.ndarray | None
+    #: [T, F] float32 audio tokens ending at each sample time (zeros before any audio); None
+    #: when the model has no audio branch.
+    audio_tokens: np.ndarray | None
+    #: The frame at ``time_s`` has a face and the cache holds a frame.
+    visual_present: bool
+    #: A non-silent audio frame lies within the window.
+    audio_present: bool
+
+
 class StreamingEngine:
     """Per-frame streaming inference over one source. Not thread-safe: one caller thread.
 
     :meth:`process_frames` takes one frame (live) or a few (analysis, where the encoder runs
     them as one batch); either way each output depends only on the frames and audio up to its
     own time, so live and offline give the same numbers (up to float summation order in the
-    batched encoder, ~1e-6).
+    batched encoder).
     """
 
     def __init__(
@@ -85,7 +108,8 @@ class StreamingEngine:
         fps: float | None = None,
     ) -> None:
         """``fps``: the source's frame rate, which sizes the feature cache to hold
-        ``context_s`` seconds (at least 60 fps' worth)."""
+        ``context_s`` seconds (at least 60 fps' worth). ``tracker`` may be None for a source
+        without video (no face tracker, so no MediaPipe, is needed then)."""
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of: {', '.join(MODES)}.")
         model = bundle.model
@@ -143,6 +167,11 @@ class StreamingEngine:
     def process_frames(self, frames: list[VideoFrame]) -> list[FrameOutput]:
         """Frames in time order: each tracked, their crops encoded as one batch, then the head
         over the window ending at each frame. Returns one output per frame."""
+        if self.tracker is None:
+            raise PipelineError(
+                "This engine was built without a face tracker (for a source without video); "
+                "build it with one to process video frames."
+            )
         if self.start_s is None:
             self.start_s = frames[0].time_s
         c0 = time.perf_counter()
@@ -192,27 +221,14 @@ class StreamingEngine:
         out.stages_ms = {"face": 0.0, "encoder": 0.0, "head": ms, "total": ms}
         return out
 
-    def _head(self, t: float, index: int, *, visual_present: bool) -> tuple[FrameOutput, float]:
-        """The output at time ``t`` and the ms spent re-encoding crops (recompute mode).
-
-        Only cached frames up to ``t`` are used (a batch may already hold later ones).
-        """
+    def window_at(self, t: float, *, visual_present: bool) -> Window:
+        """The :class:`Window` of the output step at ``t``; ``visual_present``: its frame has a
+        face. Only cached frames up to ``t`` are used (a batch may already hold later ones)."""
         start = self.start_s if self.start_s is not None else t
         times = self.window.sample_times(t, start)
-        recompute_ms = 0.0
-        found = self.cache.nearest(times, max_time=t)  # a batch may hold later frames
-        items = None if found is None else found.items
-        if items is None:
-            visual = np.zeros((1, len(times), self.feature_dim), np.float32)
-            visual_present = False
-        else:
-            if self.mode == "recompute":
-                r0 = time.perf_counter()
-                items = self.backend.encode_frames(to_tensor_layout(items))
-                recompute_ms = (time.perf_counter() - r0) * 1e3
-            visual = items[None].astype(np.float32, copy=False)
-        inputs = {VISUAL: visual, VISUAL_PRESENT: np.array([float(visual_present)], np.float32)}
-        audio_present = False
+        found = self.cache.nearest(times, max_time=t)
+        rows = None if found is None else found.items
+        tokens, audio_present = None, False
         if self.audio_spec is not None:
             if self.audio is not None and len(self.audio):
                 tokens, _ = self.audio.tokens(times)
@@ -222,9 +238,34 @@ class StreamingEngine:
                 audio_present = self.audio.max_level_db(span_start, t) > SILENCE_DB
             else:
                 tokens = np.zeros((len(times), self.audio_spec.token_dim), np.float32)
-            inputs[AUDIO_TOKENS] = tokens[None]
-            inputs[AUDIO_PRESENT] = np.array([float(audio_present)], np.float32)
-        intensities = self.backend.head(inputs)[0]
+        return Window(
+            time_s=t,
+            times=times,
+            rows=rows,
+            audio_tokens=tokens,
+            visual_present=visual_present and rows is not None,
+            audio_present=bool(audio_present),
+        )
+
+    def _head(self, t: float, index: int, *, visual_present: bool) -> tuple[FrameOutput, float]:
+        """The output at time ``t`` and the ms spent re-encoding crops (recompute mode)."""
+        w = self.window_at(t, visual_present=visual_present)
+        recompute_ms = 0.0
+        if w.rows is None:
+            visual = np.zeros((1, len(w.times), self.feature_dim), np.float32)
+        elif self.mode == "recompute":
+            r0 = time.perf_counter()
+            visual = self.backend.encode_frames(to_tensor_layout(w.rows))[None]
+            recompute_ms = (time.perf_counter() - r0) * 1e3
+        else:
+            visual = w.rows[None]
+        has_audio = w.audio_tokens is not None
+        intensities = self.backend.head(
+            visual.astype(np.float32, copy=False),  # [1, T, D]
+            w.audio_tokens[None] if has_audio else None,  # [1, T, F]
+            np.array([float(w.audio_present)], np.float32) if has_audio else None,
+            np.array([float(w.visual_present)], np.float32),
+        )[0]
         if not np.all(np.isfinite(intensities)):
             raise PipelineError(
                 f"The model produced NaN/inf at t={t:.3f} s with backend "
@@ -234,7 +275,7 @@ class StreamingEngine:
             time_s=t,
             frame_index=index,
             face_detected=False,
-            audio_present=audio_present,
+            audio_present=w.audio_present,
             intensities=intensities.astype(np.float32),
         )
         return out, recompute_ms
@@ -257,20 +298,30 @@ def run_offline(
     frame_costs: list[tuple[float, float]] = []  # (decode ms, audio ms) per pending frame
     decode_acc = audio_acc = 0.0  # time spent since the previous video frame
     events = iter(source)
+
+    def flush() -> Iterator[FrameOutput]:
+        frames, costs = pending[:], frame_costs[:]
+        pending.clear()
+        frame_costs.clear()
+        outputs = engine.process_frames(frames) if frames else []
+        for out, (decode_ms, audio_ms) in zip(outputs, costs):
+            out.stages_ms.update(decode=decode_ms, audio=audio_ms)
+            out.stages_ms["total"] += decode_ms + audio_ms
+            yield out
+
     while True:
         d0 = time.perf_counter()
         try:
             event = next(events)
         except StopIteration:
             event = None
+        except Exception:
+            # The stream failed (a damaged file): the frames it delivered still get their rows.
+            yield from flush()
+            raise
         decode_acc += (time.perf_counter() - d0) * 1e3
         if event is None or (isinstance(event, VideoFrame) and len(pending) == batch):
-            outputs = engine.process_frames(pending) if pending else []
-            for out, (decode_ms, audio_ms) in zip(outputs, frame_costs):
-                out.stages_ms.update(decode=decode_ms, audio=audio_ms)
-                out.stages_ms["total"] += decode_ms + audio_ms
-                yield out
-            pending, frame_costs = [], []
+            yield from flush()
             if event is None:
                 break
         if isinstance(event, AudioChunk):
@@ -373,11 +424,7 @@ class LiveRunner:
 
 
 def output_row(out: FrameOutput) -> list[float | int]:
-    """The CSV row of DESIGN.md for one output step."""
-    return [
-        round(out.time_s, 4),
-        out.frame_index,
-        int(out.face_detected),
-        int(out.audio_present),
-        *(float(v) for v in out.intensities[:NUM_EMOTIONS]),
-    ]
+    """The CSV row (:func:`eri.realtime.outputs.prediction_row`) of one output step."""
+    return prediction_row(
+        out.time_s, out.frame_index, out.face_detected, out.audio_present, out.intensities
+    )

@@ -1,12 +1,28 @@
-"""Small media fixtures made in the test itself (nothing from ../shared is copied)."""
+"""Media helpers for the tests: the real media folder beside the project (``MEDIA_DIR``,
+:func:`media_file`) and small clips written and decoded in the test itself (nothing from
+../shared is copied). ``conftest.py`` holds only fixtures and imports from here."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: ../shared/media beside the project, or $ERI_MEDIA_DIR. Tests reading it are marked realmedia.
+MEDIA_DIR = Path(os.environ.get("ERI_MEDIA_DIR", PROJECT_ROOT.parent / "shared" / "media"))
+
+
+def media_file(relative: str) -> Path:
+    """A file under the media folder, or skip the test with the reason."""
+    path = MEDIA_DIR / relative
+    if not path.is_file():
+        pytest.skip(f"real media file {path} is absent")
+    return path
 
 
 def write_video(

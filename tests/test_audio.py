@@ -87,6 +87,13 @@ def test_frame_count_and_end_times(n_samples: int, n_frames: int) -> None:
     spec = AudioSpec()
     frames = feature_frames(np.zeros(n_samples, dtype=np.float32), spec)
     assert frames.shape == (n_frames, spec.n_coeffs) and frames.dtype == np.float32
+    # Digital silence: every mel band sits on the 1e-10 power floor, -100 dB, so the
+    # orthonormal DCT gives -100 * sqrt(n_mels) in coefficient 0 and zeros elsewhere (up to
+    # the FFT's rounding: one float32 ulp at 1131 is 1.2e-4).
+    np.testing.assert_allclose(frames[:, 0], -100 * np.sqrt(spec.n_mels), rtol=1e-7, atol=0)
+    np.testing.assert_allclose(frames[:, 1:], 0.0, rtol=0, atol=1e-4)
+    logmel = feature_frames(np.zeros(n_samples, dtype=np.float32), AudioSpec(kind="logmel"))
+    np.testing.assert_allclose(logmel, np.full((n_frames, spec.n_mels), -100.0), rtol=1e-7)
     ends = frame_end_times(3, spec, start_s=2.0)
     np.testing.assert_allclose(ends, [2.064, 2.114, 2.164], rtol=0, atol=1e-12)
 

@@ -1,4 +1,4 @@
-"""The face crop (models/crop.py) and the face tracker (realtime/face.py).
+"""The face crop (models/crop.py) and the face tracker (the realtime/face/ package).
 
 Crop geometry is tested on synthetic data; the tracker on the real media in ../shared/media
 (marked ``realmedia``, skipped when the folder is absent), video tests in both tracking modes
@@ -28,7 +28,7 @@ from eri.models.crop import (
     transform_points,
 )
 from eri.models.spec import CropSpec
-from tests.conftest import media_file
+from tests.media_utils import media_file
 
 SPEC = CropSpec()
 TEMPLATE = SPEC.template_points()
@@ -160,25 +160,28 @@ def test_to_tensor_layout() -> None:
         to_tensor_layout(crops[0])
 
 
-# -- realtime/face.py: cheap checks -------------------------------------------------------------
+# -- realtime/face/: cheap checks ----------------------------------------------------------------
 
 
 def test_import_is_cheap_and_missing_mediapipe_is_explained(monkeypatch) -> None:
-    code = "import sys, realtime.face; print('mediapipe' in sys.modules)"
+    code = "import sys, eri.realtime.face; print('mediapipe' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
+    from eri.errors import INSTALL_HINTS, EriError
     from eri.realtime.face import FaceTracker
 
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
-    with pytest.raises(RuntimeError, match=r"mediapipe<=0\.10\.21"):
+    with pytest.raises(EriError) as info:
         FaceTracker()
+    assert isinstance(info.value, ImportError)
+    assert f"install it with `{INSTALL_HINTS['mediapipe'][1]}`" in str(info.value)
 
 
 def test_native_log_filter_drops_noise_keeps_errors(capfd) -> None:
     import os
 
-    from eri.realtime.face import _filtered_native_stderr
+    from eri.realtime.face.detector import _filtered_native_stderr
 
     with _filtered_native_stderr():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
@@ -189,7 +192,7 @@ def test_native_log_filter_drops_noise_keeps_errors(capfd) -> None:
 
 def test_tracker_start_is_quiet() -> None:
     code = (
-        "import numpy as np; from realtime.face import FaceTracker\n"
+        "import numpy as np; from eri.realtime.face import FaceTracker\n"
         "with FaceTracker(model='full') as t: t.process(np.zeros((90, 160, 3), np.uint8), 0.0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -211,7 +214,7 @@ def test_tracker_rejects_bad_arguments() -> None:
             FaceTracker(**kwargs)
 
 
-# -- realtime/face.py on real media -------------------------------------------------------------
+# -- realtime/face/ on real media ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -17,19 +17,9 @@ from eri.realtime.cli import main
 from eri.realtime.outputs import CSV_COLUMNS, read_predictions
 from eri.realtime.pipeline import LiveRunner, StreamingEngine, run_offline
 from eri.realtime.sources import FileSource
-from tests.conftest import media_file
-from tests.media_utils import decode_frames, write_video
+from tests.media_utils import decode_frames, media_file, write_video
 
 pytestmark = pytest.mark.realmedia
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _export_cache(tmp_path_factory):
-    """Exports of the untrained model go to one temporary cache for the whole module."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ERI_CACHE_DIR", str(tmp_path_factory.mktemp("eri-cache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

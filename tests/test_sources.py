@@ -8,7 +8,9 @@ OpenCV and sounddevice are only used for the failure cases they must report clea
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +22,8 @@ import av
 import numpy as np
 import pytest
 
+from eri.errors import INSTALL_HINTS, MissingDependencyError
+from eri.models.audio import Resampler
 from eri.realtime.sources import (
     AUDIO_RATE,
     AudioChunk,
@@ -27,7 +31,6 @@ from eri.realtime.sources import (
     FileSource,
     LiveSource,
     MicrophoneSource,
-    MicrophoneUnavailable,
     SessionSource,
     Source,
     SourceError,
@@ -543,6 +546,34 @@ def test_camera_listing_never_raises():
     assert isinstance(list_cameras(max_index=1), list)  # real OpenCV: none here, no error
 
 
+#: What OpenCV prints when a camera is missing: "[ WARN:0@0.080] global cap_v4l.cpp:913 open
+#: VIDEOIO(V4L2:/dev/video0): can't open camera by index", "[ERROR:0@0.081] ... out of range".
+OPENCV_LOG_LINE = re.compile(r"\[ ?(WARN|ERROR|INFO)|can't open camera|VIDEOIO|index out of range")
+
+
+def test_camera_probing_is_silent_real_opencv(capfd):
+    """Probing indices with no camera behind them writes nothing to the native stderr."""
+    list_cameras(max_index=3)
+    with pytest.raises(SourceError):
+        CameraSource(9)
+    err = capfd.readouterr().err
+    assert not OPENCV_LOG_LINE.search(err), err
+
+
+@pytest.mark.slow
+def test_eri_info_prints_no_opencv_warnings():
+    """`eri info` on a machine without a camera: no OpenCV log lines on stderr."""
+    eri = Path(sys.executable).with_name("eri")
+    command = [str(eri)] if eri.is_file() else [sys.executable, "-m", "eri.realtime.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    out = subprocess.run(
+        [*command, "info"], capture_output=True, text=True, timeout=300, env=env, check=True
+    )
+    assert "Cameras:" in out.stdout
+    bad = [line for line in out.stderr.splitlines() if OPENCV_LOG_LINE.search(line)]
+    assert not bad, "\n".join(bad)
+
+
 # --------------------------------------------------------------------------------------------
 # Microphone (fake PortAudio stream, real callback / queue / clock)
 # --------------------------------------------------------------------------------------------
@@ -629,6 +660,29 @@ def test_microphone_queue_drops_oldest_blocks_when_the_consumer_stalls():
     np.testing.assert_allclose(chunks[-1].samples[-1] * 1e6, 50 * 160 - 1, atol=0.5)  # newest
 
 
+@pytest.mark.parametrize("rate", [48_000, 44_100, 22_050, 8_000])
+def test_resampler_matches_scipy_resample_poly(rate):
+    """The one resampler (eri.models.audio.Resampler: FFmpeg's swresample), fed in microphone
+    blocks, against scipy.signal.resample_poly on a band-limited signal: same length, no delay,
+    and within 2e-3 (the signal's peak is 0.6) away from the first and last 200 output samples,
+    where the two filters' edge handling differs."""
+    from scipy.signal import resample_poly
+
+    t = np.arange(2 * rate) / rate
+    x = (
+        0.3 * np.sin(2 * np.pi * 440 * t)
+        + 0.2 * np.sin(2 * np.pi * 1700 * t + 1)
+        + 0.1 * np.sin(2 * np.pi * 5000 * t)
+    ).astype(np.float32)
+    resample = Resampler(AUDIO_RATE, rate)
+    blocks = [resample(x[i : i + rate // 100]) for i in range(0, len(x), rate // 100)]
+    ours = np.concatenate([*blocks, resample.flush()])
+    g = math.gcd(AUDIO_RATE, rate)
+    reference = resample_poly(x.astype(np.float64), AUDIO_RATE // g, rate // g)
+    assert ours.dtype == np.float32 and len(ours) == len(reference) == 2 * AUDIO_RATE
+    np.testing.assert_allclose(ours[200:-200], reference[200:-200], rtol=0, atol=2e-3)
+
+
 def test_microphone_at_another_rate_is_resampled_to_16k():
     factory = stream_factory(blocks=30, paced=False)
     mic = MicrophoneSource(sample_rate=48_000, blocksize=480, stream_factory=factory)
@@ -644,7 +698,7 @@ def test_microphone_at_another_rate_is_resampled_to_16k():
 
 def test_microphone_without_portaudio_says_how_to_fix_it(monkeypatch):
     """sounddevice itself raises OSError when ctypes cannot find libportaudio; make it so even
-    where PortAudio is installed, and re-import it for real."""
+    where PortAudio is installed, and re-import it for real: missing_dependency("portaudio")."""
     import ctypes.util
 
     real_find = ctypes.util.find_library
@@ -653,11 +707,42 @@ def test_microphone_without_portaudio_says_how_to_fix_it(monkeypatch):
     )
     monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
     monkeypatch.delitem(sys.modules, "_sounddevice", raising=False)
-    with pytest.raises(MicrophoneUnavailable, match=r"libportaudio2.*--mic none"):
+    install = INSTALL_HINTS["portaudio"][1]
+    with pytest.raises(MissingDependencyError) as info:
         MicrophoneSource()
+    assert f"install it with `{install}`" in str(info.value)
     ok, line = microphone_status()
-    assert not ok and "libportaudio2" in line
+    assert not ok and install in line
     assert list_microphones() == []
+
+
+def test_microphone_without_sounddevice_says_how_to_fix_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import sounddevice -> ImportError
+    with pytest.raises(MissingDependencyError) as info:
+        MicrophoneSource()
+    assert f"install it with `{INSTALL_HINTS['sounddevice'][1]}`" in str(info.value)
+    ok, line = microphone_status()
+    assert not ok and "pip install sounddevice" in line
+
+
+def test_camera_without_portaudio_falls_back_to_visual_only(monkeypatch):
+    """The default microphone missing its library is not fatal: the camera runs without audio."""
+    import eri.realtime.sources.dispatch as dispatch
+    import eri.realtime.sources.microphone as microphone
+
+    def no_portaudio():
+        raise microphone.missing_dependency("portaudio", OSError("PortAudio library not found"))
+
+    monkeypatch.setattr(microphone, "_import_sounddevice", no_portaudio)
+    monkeypatch.setattr(
+        dispatch, "CameraSource", lambda index: CameraSource(index, capture_factory=fake_factory())
+    )
+    source = open_source("0", realtime=True)
+    assert isinstance(source, LiveSource) and not source.has_audio
+    assert INSTALL_HINTS["portaudio"][1] in source.audio_note
+    source.stop()
+    with pytest.raises(MissingDependencyError):
+        open_source("0", realtime=True, mic="1")  # a microphone asked for by index: raise
 
 
 def test_microphone_status_and_listing_never_raise():

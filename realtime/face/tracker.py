@@ -1,62 +1,49 @@
-"""Face tracking: MediaPipe BlazeFace -> one stable subject -> aligned crop + quality flags.
+"""The tracking policy: :class:`FaceTracker` follows one subject through a stream of RGB frames
+and gives an aligned crop plus quality flags per frame (:class:`FaceResult`).
 
-:class:`FaceTracker` follows ONE subject through a stream of RGB frames:
-
-* **Detection.** BlazeFace (``mediapipe.solutions.face_detection``) gives a box and six
-  keypoints per face: the subject's right eye, left eye, nose tip, mouth centre, right ear, left
-  ear. In an unmirrored image the subject's right eye is on the image left, so the first four
-  keypoints are the crop's (image-left eye, image-right eye, nose tip, mouth centre); if the
-  geometry says the eyes are swapped (a mirrored source) they are swapped back.
+* **Detection** (:mod:`eri.realtime.face.detector`). BlazeFace
+  (``mediapipe.solutions.face_detection``) gives a box and six keypoints per face: the
+  subject's right eye, left eye, nose tip, mouth centre, right ear, left ear. In an unmirrored
+  image the subject's right eye is on the image left, so the first four keypoints are the
+  crop's (image-left eye, image-right eye, nose tip, mouth centre); if the geometry says the
+  eyes are swapped (a mirrored source) they are swapped back.
 * **Tracking** (``tracking="flow"``, the default). BlazeFace runs only on some frames; between
-  them the face is followed by pyramidal Lucas-Kanade optical flow:
+  them the face is followed by optical flow (:mod:`eri.realtime.face.flow`):
 
   - *Detector frames*: acquisition (full frame, then an ROI pass around the chosen face for the
     landmarks), every ``detect_every``-th frame, every frame after a miss, and any frame where
     the flow is uncertain. The detector runs on a square ROI (``roi_scale`` x the face box)
     around the current (flow-carried) face, and on the full frame only if the ROI misses. The
     landmarks snap back to the detection (the One-Euro filter below smooths the step) and up
-    to 50 corners (``cv2.goodFeaturesToTrack``; 22-50, median 34-40 on the test clips) are
-    seeded inside the face box.
-  - *Flow frames* (all others): the features are tracked from the previous frame to this one
-    (``cv2.calcOpticalFlowPyrLK``, forward and backward; a point survives if it comes back to
-    within 1 px), ``cv2.estimateAffinePartial2D`` (RANSAC) fits the frame-to-frame similarity,
-    and it moves the landmarks and the box. Fewer than 10 surviving / inlier points, an inlier
-    share under half, a scale step over 15 %, a rotation over 15 degrees or a shift over half a
-    face per frame make the flow *uncertain*: the detector runs on that same frame, so a scene
-    cut is seen at once (on ``face_noface.mov`` no point survives the cut). Flow runs on a gray
-    window (3 x the face box) reduced by a power of two so the face is at most 160 px.
+    to :attr:`FlowTracker.FEATURES` corners are seeded inside the face box.
+  - *Flow frames* (all others): :class:`FlowTracker` carries the landmarks and the box by the
+    frame-to-frame similarity of the tracked corners. When the flow is uncertain (too few
+    points survive, or the motion is implausible for a face) the detector runs on that same
+    frame, so a scene cut is seen at once.
 
-  Measured on a 2-core CPU (WolfgangLanger_Pexels.mp4, 640x360, 472 frames; back to back): a
-  flow frame costs about 0.5 ms including the crop, a detector frame 1.2-1.9 ms (one BlazeFace
-  run, ~1.1 ms when it runs every frame but more when MediaPipe's threads have gone idle, plus
-  0.1 ms of seeding); the detector runs on 20 % of the frames. Per-frame p50 / p95: 0.50 /
-  1.59 ms against 1.35 / 2.47 ms for ``tracking="detector"``; paced at 20 ms per frame (two
-  runs) 1.0-1.2 / 2.4-2.6 ms against 1.8-2.3 / 3.0-4.3 ms. The landmarks are steadier
-  (deviation from a centred 5-frame mean: 0.27 % of the face size against 0.32 %) and stay
-  within 1.0 % (mean) of the detector mode's. A tracked face is ``detected`` on flow frames;
-  its ``score`` is the last detection's. The flow can be fooled for at most
-  ``detect_every - 1`` frames (the next detector frame checks it). ``num_faces`` is updated
-  only by full-frame passes, which in this mode run at acquisition and when the ROI misses.
-  With ``detect_every=1`` there is no flow: the detector mode's full-frame pass.
+  A tracked face is ``detected`` on flow frames; its ``score`` is the last detection's. The
+  flow can be fooled for at most ``detect_every - 1`` frames (the next detector frame checks
+  it). ``num_faces`` is updated only by full-frame passes, which in this mode run at
+  acquisition and when the ROI misses. With ``detect_every=1`` there is no flow: the detector
+  mode's full-frame pass. Its cost and steadiness against the detector mode are in
+  docs/benchmarks.md.
 * **Tracking** (``tracking="detector"``, the previous behaviour). A full-frame detection runs
   every ``detect_every`` frames, at (re)acquisition and on the frame after a miss; every frame
   the short-range detector runs on the ROI, mapped back to frame pixels. The ROI stays put
   while the face stays within 10 % of its size of the ROI centre, so a still face gives the
   detector the same input (in both modes). The landmarks always come from the ROI pass (a
   full-frame pass only finds and associates the face): alternating full-frame and ROI
-  landmarks jitters the crop (second difference 1.6 % of the face size on
-  WolfgangLanger_Pexels.mp4, against 0.85 % for ROI only and 0.92 % for full-frame only). With
+  landmarks jitters the crop more than either alone (docs/benchmarks.md). With
   ``detect_every=1`` the full-frame pass alone is used.
 * **Association.** Every detection is associated with the tracked face (IoU / centre-distance
   and size gate; the distance gate grows with the time since the face was last seen), so the
   tracker never jumps to another person. At acquisition the subject is the largest face, the
   one nearest the image centre, or the user's index counted left to right (``subject``), among
-  faces scoring at least ``acquire_confidence``. One BlazeFace run costs about 0.9-1.1 ms at
-  640x360 and hardly less on an ROI (the network input is 128x128 either way); the ROI's value
-  is keeping the subject, steady landmarks, and seeing a distant face at a useful resolution
-  (the ROI pass scores the small faces of a group photo 0.9 where the full frame gives
-  0.6-0.8). Face Mesh (1.3 ms tracked, one face of its own choosing) was not needed: the
-  smoothed BlazeFace points already give a steady crop.
+  faces scoring at least ``acquire_confidence``. An ROI run costs about as much as a
+  full-frame one (the network input is 128x128 either way); the ROI's value is keeping the
+  subject, steady landmarks, and seeing a distant face at a useful resolution (it scores the
+  small faces of a group photo higher than the full frame does). Face Mesh (one face of its
+  own choosing) was not needed: the smoothed BlazeFace points already give a steady crop.
 * **Smoothing.** The four points go through a One-Euro filter (Casiez et al. 2012) whose speed
   term is measured in face sizes per second, so the same settings hold for near and far faces:
   steady when the head is still, little lag when it moves.
@@ -65,127 +52,27 @@
   interpolated=True``, the crop is cut from the held points); after that ``detected=False,
   interpolated=False, crop=None`` and the tracker reacquires from scratch.
 
-MediaPipe is imported lazily, so ``import realtime.face`` is cheap. Not thread-safe: use one
-tracker per thread.
+MediaPipe is imported lazily, so ``import eri.realtime.face`` is cheap. Not thread-safe: use
+one tracker per thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import re
-import sys
-import tempfile
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from eri.models.crop import align_face, transform_points
+from eri.models.crop import align_face
 from eri.models.spec import CropSpec
+from eri.realtime.face.detector import BlazeFace, Detection
+from eri.realtime.face.flow import FlowTracker
 
-__all__ = ["Detection", "FaceResult", "FaceTracker", "OneEuroFilter", "select_subject"]
+__all__ = ["FaceResult", "FaceTracker", "OneEuroFilter", "select_subject"]
 
 logger = logging.getLogger(__name__)
-
-_INSTALL_HINT = (
-    "FaceTracker needs MediaPipe with its bundled face models: install mediapipe<=0.10.21, "
-    "which ships the face models (pip install 'mediapipe>=0.10.9,<=0.10.21')."
-)
-
-#: Native log lines MediaPipe / TF-Lite print at start-up that carry no information.
-_BENIGN_NATIVE = re.compile(
-    r"Created TensorFlow Lite XNNPACK delegate"
-    r"|All log messages before absl::InitializeLog\(\) is called"
-    r"|inference_feedback_manager\.cc"
-    r"|Disabling support for feedback tensors"
-    r"|gl_context(_egl)?\.cc"
-)
-
-
-@contextlib.contextmanager
-def _filtered_native_stderr() -> Iterator[None]:
-    """Capture fd 2 while MediaPipe starts; write back every line that is not known noise.
-
-    MediaPipe's C++ (absl/glog) and TF-Lite write straight to file descriptor 2, which neither
-    ``GLOG_minloglevel`` nor Python logging reaches. Anything unexpected -- a real error -- is
-    re-emitted verbatim on the real stderr.
-    """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (embedded interpreter): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode("utf-8", errors="replace")
-            kept = [ln for ln in text.splitlines() if ln.strip() and not _BENIGN_NATIVE.search(ln)]
-            dropped = len(text.splitlines()) - len(kept)
-            if kept:
-                os.write(2, ("\n".join(kept) + "\n").encode())
-            if dropped:
-                logger.debug("suppressed %d MediaPipe start-up log lines", dropped)
-
-
-def _import_mediapipe() -> Any:
-    """Import ``mediapipe`` quietly; RuntimeError with the fix when it is missing."""
-    os.environ.setdefault("GLOG_minloglevel", "2")  # C++ INFO/WARNING off; errors still shown
-    warnings.filterwarnings(
-        "ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated", category=UserWarning
-    )
-    try:
-        import mediapipe as mp
-
-        mp.solutions.face_detection.FaceDetection  # noqa: B018 (newer wheels dropped it)
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(_INSTALL_HINT) from exc
-    return mp
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One BlazeFace face in frame pixels.
-
-    ``box`` [4] float64 (x0, y0, x1, y1); ``keypoints`` [6, 2] float64: image-left eye,
-    image-right eye, nose tip, mouth centre, then the ears (subject's right, left).
-    """
-
-    score: float
-    box: np.ndarray
-    keypoints: np.ndarray
-
-    @property
-    def points(self) -> np.ndarray:
-        """The four alignment points [4, 2] (image-left eye, image-right eye, nose, mouth)."""
-        return self.keypoints[:4]
-
-    @property
-    def centre(self) -> np.ndarray:
-        return (self.box[:2] + self.box[2:]) / 2.0
-
-    @property
-    def side(self) -> float:
-        """Geometric-mean side of the box, pixels."""
-        w, h = self.box[2:] - self.box[:2]
-        return float(math.sqrt(max(w, 0.0) * max(h, 0.0)))
-
-    @property
-    def area(self) -> float:
-        w, h = self.box[2:] - self.box[:2]
-        return float(max(w, 0.0) * max(h, 0.0))
 
 
 @dataclass
@@ -311,51 +198,6 @@ def select_subject(
     raise ValueError(f"subject must be 'largest', 'center' or an int index, got {subject!r}.")
 
 
-@dataclass(frozen=True)
-class _Window:
-    """Where the optical flow looks: frame pixels ``[y0:y1, x0:x1]`` reduced ``step`` times (a
-    power of two, so the reduction is a fast exact block average), the face centre / side it
-    was cut for (the window is kept while the face stays near them) and the frame's (H, W)."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    step: int
-    cx: float
-    cy: float
-    side: float
-    frame_shape: tuple[int, int]
-
-    def to_window(self, pts: np.ndarray) -> np.ndarray:
-        """Frame pixels [N, 2] -> window pixels [N, 2] float32."""
-        return ((pts - (self.x0, self.y0)) / self.step).astype(np.float32)
-
-    def to_frame(self, pts: np.ndarray) -> np.ndarray:
-        """Window pixels [N, 2] -> frame pixels [N, 2] float64."""
-        return np.asarray(pts, dtype=np.float64) * self.step + (self.x0, self.y0)
-
-    def gray(self, image: np.ndarray) -> np.ndarray:
-        """This window of ``image`` [H, W, 3] uint8 RGB as gray [h / step, w / step] uint8."""
-        import cv2
-
-        gray = cv2.cvtColor(image[self.y0 : self.y1, self.x0 : self.x1], cv2.COLOR_RGB2GRAY)
-        if self.step > 1:
-            size = (gray.shape[1] // self.step, gray.shape[0] // self.step)
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        return gray
-
-
-def _moved(det: Detection, m: np.ndarray) -> Detection:
-    """``det`` carried by the similarity ``m`` [2, 3]: keypoints and box centre mapped, box
-    sides scaled (the box stays axis-aligned)."""
-    scale = math.hypot(m[0, 0], m[1, 0])
-    centre = transform_points(m, det.centre[None])[0]
-    half = (det.box[2:] - det.box[:2]) * scale / 2.0
-    box = np.concatenate([centre - half, centre + half])
-    return Detection(score=det.score, box=box, keypoints=transform_points(m, det.keypoints))
-
-
 class FaceTracker:
     """Follow one face through a stream of frames; see the module docstring.
 
@@ -367,18 +209,19 @@ class FaceTracker:
             on every frame, no ROI, no flow (both modes).
         min_confidence: BlazeFace score threshold for continuing a track.
         acquire_confidence: the score a face needs to become the subject (at least
-            ``min_confidence``). Real faces score 0.9+ at webcam range while skin-coloured
-            clutter (blurry title text in the test cartoon) reaches 0.5-0.6, so a higher bar to
-            start a track than to keep one removes those false acquisitions. Lower it for
-            small faces in group photos with ``model="full"``.
+            ``min_confidence``). Real faces at webcam range score well above it while
+            skin-coloured clutter (blurry title text in the test cartoon) scores below it, so a
+            higher bar to start a track than to keep one removes those false acquisitions (the
+            scores are in docs/benchmarks.md). Lower it for small faces in group photos with
+            ``model="full"``.
         max_gap_s: hold the last landmarks for gaps up to this long, then report no face.
         subject: ``"largest"``, ``"center"`` or an int index (faces left to right) chosen at
             (re)acquisition.
         smoothing: One-Euro strength; 0 disables, 1 is the tuned default (min cutoff 1 Hz,
             beta 8 per face-size/s), larger is steadier with more lag.
-        model: the full-frame BlazeFace: ``"short"`` (faces within ~2 m, ~0.9 ms at 640x360) or
-            ``"full"`` (small, distant faces, group photos; ~2.5 ms). The ROI pass always uses
-            the short-range model, as the ROI is face-sized.
+        model: the full-frame BlazeFace: ``"short"`` (faces within ~2 m) or ``"full"`` (small,
+            distant faces, group photos; slower, see docs/benchmarks.md). The ROI pass always
+            uses the short-range model, as the ROI is face-sized.
         roi_scale: ROI side over the face box side.
         min_face_px: faces with a smaller box side are flagged ``too_small``.
         border_frac: boxes within this fraction of the frame size from an edge are flagged
@@ -389,23 +232,6 @@ class FaceTracker:
 
     #: The ROI is kept while the face centre and size move less than this fraction of its size.
     ROI_HYSTERESIS = 0.1
-    #: Optical flow (``tracking="flow"``): features seeded per detection, the fewest that must
-    #: survive, the face side the flow window is resampled to (at most), the window side over
-    #: the face side, the forward-backward error allowed (window pixels), the RANSAC inlier
-    #: threshold (fraction of the face side), and the largest per-frame scale change, rotation
-    #: (degrees) and shift (face sides) still taken as the face's own motion.
-    FLOW_FEATURES = 50
-    FLOW_MIN_POINTS = 10
-    FLOW_FACE_PX = 160.0
-    FLOW_WINDOW = 3.0
-    FLOW_FB_PX = 1.0
-    FLOW_RANSAC_FRAC = 0.01
-    FLOW_MIN_INLIER_FRAC = 0.5
-    FLOW_MAX_SCALE_STEP = 0.15
-    FLOW_MAX_ROTATION_DEG = 15.0
-    FLOW_MAX_SHIFT = 0.5
-    FLOW_LK_WIN = 11
-    FLOW_LK_LEVELS = 3
 
     def __init__(
         self,
@@ -459,21 +285,12 @@ class FaceTracker:
             else None
         )
 
-        mp = _import_mediapipe()
-        fd = mp.solutions.face_detection
-        warm = np.zeros((64, 64, 3), dtype=np.uint8)  # start-up logs come on the first run
-        with _filtered_native_stderr():
-            self._roi_detector = fd.FaceDetection(
-                model_selection=0, min_detection_confidence=self.min_confidence
-            )
-            self._full_detector = self._roi_detector
+        self._flow = FlowTracker()
+        self._roi_detector = BlazeFace(full_range=False, min_confidence=self.min_confidence)
+        self._full_detector = self._roi_detector
+        if model == "full":
             try:
-                self._roi_detector.process(warm)
-                if model == "full":
-                    self._full_detector = fd.FaceDetection(
-                        model_selection=1, min_detection_confidence=self.min_confidence
-                    )
-                    self._full_detector.process(warm)
+                self._full_detector = BlazeFace(full_range=True, min_confidence=self.min_confidence)
             except BaseException:
                 self._roi_detector.close()
                 raise
@@ -506,14 +323,9 @@ class FaceTracker:
         self._missed = False
         self._roi: tuple[float, float, float] | None = None
         self._since_det = 0
-        self._drop_flow()
+        self._flow.reset()
         if self._filter is not None:
             self._filter.reset()
-
-    def _drop_flow(self) -> None:
-        self._feats: np.ndarray | None = None  # [N, 2] float64 frame pixels, on the last frame
-        self._flow_prev: np.ndarray | None = None  # last frame's gray window [h, w] uint8
-        self._flow_win: _Window | None = None
 
     def close(self) -> None:
         """Release the MediaPipe graphs (idempotent)."""
@@ -546,44 +358,17 @@ class FaceTracker:
 
     # -- detection ------------------------------------------------------------------------
 
-    def _run(self, detector: Any, image: np.ndarray, x0: int = 0, y0: int = 0) -> list[Detection]:
-        h, w = image.shape[:2]
-        out = detector.process(image)
-        dets: list[Detection] = []
-        for d in out.detections or ():
-            loc = d.location_data
-            bb = loc.relative_bounding_box
-            box = np.array(
-                [
-                    x0 + bb.xmin * w,
-                    y0 + bb.ymin * h,
-                    x0 + (bb.xmin + bb.width) * w,
-                    y0 + (bb.ymin + bb.height) * h,
-                ]
-            )
-            kp = np.array([[x0 + k.x * w, y0 + k.y * h] for k in loc.relative_keypoints])
-            if kp.shape != (6, 2):
-                continue
-            # Image-left eye first: if eyes->mouth turns the wrong way, the source is mirrored.
-            e = kp[1] - kp[0]
-            m = kp[3] - (kp[0] + kp[1]) / 2.0
-            if e[0] * m[1] - e[1] * m[0] < 0:
-                kp[[0, 1]] = kp[[1, 0]]
-                kp[[4, 5]] = kp[[5, 4]]
-            dets.append(Detection(score=float(d.score[0]), box=box, keypoints=kp))
-        return dets
-
     def detect_all(self, image: np.ndarray) -> list[Detection]:
         """All faces of a full-frame detection, sorted left to right (the ``subject`` index)."""
         self._check_open()
         _check_frame(image)
-        dets = self._run(self._full_detector, np.ascontiguousarray(image))
+        dets = self._full_detector(np.ascontiguousarray(image))
         return sorted(dets, key=lambda d: float(d.centre[0]))
 
     def _detect_full(self, image: np.ndarray) -> list[Detection]:
         self.detector_runs += 1
         self._since_full = 0
-        dets = self._run(self._full_detector, image)
+        dets = self._full_detector(image)
         self._num_faces = len(dets)
         return dets
 
@@ -605,7 +390,7 @@ class FaceTracker:
             return []
         self.roi_runs += 1
         roi = np.ascontiguousarray(image[y0:y1, x0:x1])
-        return self._run(self._roi_detector, roi, x0, y0)
+        return self._roi_detector(roi, x0, y0)
 
     def _associate(
         self, dets: list[Detection], anchor: Detection, time_s: float
@@ -682,14 +467,11 @@ class FaceTracker:
         """
         anchor = self._track
         due = self._since_det + 1 >= self.detect_every
-        if anchor is not None and not self._missed and not due and self._feats is not None:
-            flow = self._flow(image, anchor)
-            if flow is not None:
-                m, feats, gray = flow
-                moved = _moved(anchor, m)
+        if anchor is not None and not self._missed and not due and self._flow.ready:
+            moved = self._flow.track(image, anchor)
+            if moved is not None:
                 self._since_det += 1
                 self.flow_runs += 1
-                self._flow_keep(image, moved, feats, gray)
                 return moved, False, False, True
             self.flow_rejects += 1
         self._since_det = 0
@@ -702,139 +484,10 @@ class FaceTracker:
             if det is None:
                 det = self._associate(self._detect_full(image), anchor, time_s)
         if det is not None:
-            self._flow_seed(image, det)
+            self._flow.seed(image, det)
         else:
-            self._drop_flow()
+            self._flow.reset()
         return det, ran_full, ran_roi, False
-
-    def _flow_window(self, det: Detection, shape: tuple[int, ...]) -> _Window | None:
-        """The flow window for a face at ``det`` (the current one while the face stays near)."""
-        cx, cy = (float(v) for v in det.centre)
-        side = det.side
-        win = self._flow_win
-        if (
-            win is not None
-            and win.frame_shape == tuple(shape[:2])
-            and math.hypot(cx - win.cx, cy - win.cy) <= 0.25 * win.side
-            and abs(side / win.side - 1.0) <= 0.15
-        ):
-            return win
-        h, w = shape[:2]
-        step = 1
-        while side / step > self.FLOW_FACE_PX:
-            step *= 2
-        half = self.FLOW_WINDOW * side / 2.0
-        x0, y0 = max(0, math.floor(cx - half)), max(0, math.floor(cy - half))
-        x1, y1 = min(w, math.ceil(cx + half)), min(h, math.ceil(cy + half))
-        x1, y1 = x1 - (x1 - x0) % step, y1 - (y1 - y0) % step  # whole blocks of step px
-        if x1 - x0 < 16 * step or y1 - y0 < 16 * step or side < 8:
-            return None
-        return _Window(x0, y0, x1, y1, step, cx, cy, side, (h, w))
-
-    def _flow_seed(self, image: np.ndarray, det: Detection) -> None:
-        """Seed features inside ``det``'s box (inset by 10 %) on this frame."""
-        import cv2
-
-        win = self._flow_window(det, image.shape)
-        if win is None:
-            self._drop_flow()
-            return
-        gray = win.gray(image)
-        inset = 0.1 * (det.box[2:] - det.box[:2])
-        (bx0, by0), (bx1, by1) = win.to_window(np.array([det.box[:2] + inset, det.box[2:] - inset]))
-        gh, gw = gray.shape
-        bx0, by0 = max(0, int(bx0)), max(0, int(by0))
-        bx1, by1 = min(gw, int(math.ceil(bx1))), min(gh, int(math.ceil(by1)))
-        self._flow_win, self._flow_prev, self._feats = win, gray, None
-        if bx1 - bx0 < 8 or by1 - by0 < 8:
-            return
-        pts = cv2.goodFeaturesToTrack(
-            gray[by0:by1, bx0:bx1],
-            maxCorners=self.FLOW_FEATURES,
-            qualityLevel=0.01,
-            minDistance=max(2.0, min(bx1 - bx0, by1 - by0) / 12.0),
-            blockSize=5,
-        )
-        if pts is None or len(pts) < self.FLOW_MIN_POINTS:
-            logger.debug("too few features to track (%d)", 0 if pts is None else len(pts))
-            return
-        self._feats = win.to_frame(pts.reshape(-1, 2) + (bx0, by0))
-
-    def _flow_keep(
-        self, image: np.ndarray, det: Detection, feats: np.ndarray, gray: np.ndarray
-    ) -> None:
-        """After a flow frame: keep the surviving features and this frame's gray window."""
-        win = self._flow_window(det, image.shape)
-        if win is None:
-            self._drop_flow()
-            return
-        if win is not self._flow_win:
-            gray = win.gray(image)
-        self._flow_win, self._flow_prev, self._feats = win, gray, feats
-
-    def _flow(
-        self, image: np.ndarray, anchor: Detection
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Track the features from the last frame to ``image``.
-
-        Returns the frame-to-frame similarity [2, 3] (frame pixels), the surviving features
-        [N, 2] and this frame's gray window; None when the flow is uncertain (too few points
-        survive the forward-backward check or RANSAC, or the motion is implausible).
-        """
-        import cv2
-
-        win, prev, feats = self._flow_win, self._flow_prev, self._feats
-        assert win is not None and prev is not None and feats is not None
-        if image.shape[:2] != win.frame_shape:
-            logger.debug("flow uncertain: the frame size changed")
-            return None
-        gray = win.gray(image)
-        lk = {
-            "winSize": (self.FLOW_LK_WIN, self.FLOW_LK_WIN),
-            "maxLevel": self.FLOW_LK_LEVELS,
-            "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
-        }
-        p0 = win.to_window(feats).reshape(-1, 1, 2)
-        p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, gray, p0, None, **lk)
-        back, st2, _ = cv2.calcOpticalFlowPyrLK(gray, prev, p1, None, **lk)
-        fb = np.linalg.norm((back - p0).reshape(-1, 2), axis=1)
-        ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb < self.FLOW_FB_PX)
-        if int(ok.sum()) < self.FLOW_MIN_POINTS:
-            logger.debug("flow uncertain: %d of %d points survive", int(ok.sum()), len(p0))
-            return None
-        q0 = win.to_frame(p0.reshape(-1, 2)[ok])
-        q1 = win.to_frame(p1.reshape(-1, 2)[ok])
-        side = anchor.side
-        m, inliers = cv2.estimateAffinePartial2D(
-            q0,
-            q1,
-            method=cv2.RANSAC,
-            ransacReprojThreshold=max(1.0, self.FLOW_RANSAC_FRAC * side),
-            maxIters=200,
-            confidence=0.99,
-            refineIters=10,
-        )
-        if m is None or inliers is None:
-            logger.debug("flow uncertain: no similarity fits")
-            return None
-        inl = inliers.ravel().astype(bool)
-        n = int(inl.sum())
-        if n < self.FLOW_MIN_POINTS or n < self.FLOW_MIN_INLIER_FRAC * len(q0):
-            logger.debug("flow uncertain: %d of %d points are inliers", n, len(q0))
-            return None
-        scale = math.hypot(m[0, 0], m[1, 0])
-        angle = math.degrees(math.atan2(m[1, 0], m[0, 0]))
-        shift = float(np.linalg.norm(transform_points(m, anchor.centre[None])[0] - anchor.centre))
-        if (
-            abs(scale - 1.0) > self.FLOW_MAX_SCALE_STEP
-            or abs(angle) > self.FLOW_MAX_ROTATION_DEG
-            or shift > self.FLOW_MAX_SHIFT * side
-        ):
-            logger.debug(
-                "flow uncertain: scale %.3f, rotation %.1f deg, shift %.1f px", scale, angle, shift
-            )
-            return None
-        return m, q1[inl], gray
 
     # -- the per-frame step ---------------------------------------------------------------
 
