@@ -12,6 +12,7 @@ from eri.calibration.data import (
     ArrayDataReader,
     CalibrationError,
     CalibrationSet,
+    check_shapes,
     from_arrays,
     from_media,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationSet",
     "calibrate",
+    "check_shapes",
     "export_int8",
     "from_arrays",
     "from_media",

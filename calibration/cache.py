@@ -2,6 +2,7 @@
 
     CALIB/calibration.json        format, architecture, weights hash, method, source, counts
     CALIB/data.npz                the calibration set: faces [N, 3, S, S], head windows
+    CALIB/heldout.npz             held-out faces and windows (never calibrated on; the check)
     CALIB/ranges_<graph>.json     ONNX Runtime's tensor ranges for that graph and method
 
 The data are reused when the weights hash matches (the windows hold the model's own features);
@@ -25,7 +26,7 @@ from eri.models.export import FACES
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-CACHE_JSON, CACHE_DATA = "calibration.json", "data.npz"
+CACHE_JSON, CACHE_DATA, CACHE_HELD_OUT = "calibration.json", "data.npz", "heldout.npz"
 
 
 class CalibrationCache:
@@ -41,6 +42,10 @@ class CalibrationCache:
     @property
     def data_path(self) -> Path:
         return self.root / CACHE_DATA
+
+    @property
+    def held_out_path(self) -> Path:
+        return self.root / CACHE_HELD_OUT
 
     def ranges_path(self, graph: str) -> Path:
         return self.root / f"ranges_{graph}.json"
@@ -77,22 +82,60 @@ class CalibrationCache:
                 weights,
             )
             return None
-        with np.load(self.data_path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        faces = arrays.pop(FACES)
+        data = self._read(self.data_path, meta)
         log.info(
-            "calibration: reusing %s (%d crops, %d windows)", self.root, len(faces), len(arrays)
+            "calibration: reusing %s (%d crops, %d windows)",
+            self.root,
+            data.num_faces,
+            data.num_windows,
         )
-        return CalibrationSet(faces, arrays, meta.get("source", "cache"), meta.get("info", {}))
+        return data
 
-    def save(self, data: CalibrationSet, *, weights: str, architecture: str) -> None:
-        """Write the set and its json (replacing any previous calibration and its ranges)."""
+    def load_held_out(self, weights: str) -> CalibrationSet | None:
+        """The held-out set saved beside the calibration set for ``weights``, else None."""
+        meta = self.meta()
+        if meta is None or meta.get("weights") != weights or not self.held_out_path.is_file():
+            return None
+        return self._read(self.held_out_path, meta)
+
+    def _read(self, path: Path, meta: dict[str, Any]) -> CalibrationSet:
+        try:
+            with np.load(path) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise CalibrationError(
+                f"Calibration cache {self.root} is damaged ({path.name}: {exc}); run "
+                "`eri calibrate` again."
+            ) from None
+        if FACES not in arrays:
+            raise CalibrationError(
+                f"Calibration cache {self.root} has no face crops in {path.name}; run "
+                "`eri calibrate` again."
+            )
+        faces = arrays.pop(FACES)
+        return CalibrationSet(faces, arrays, f"{self.root}", meta.get("info", {}))
+
+    def save(
+        self,
+        data: CalibrationSet,
+        *,
+        weights: str,
+        architecture: str,
+        held_out: CalibrationSet | None = None,
+    ) -> None:
+        """Write the set (and a ``held_out`` set for checking) and its json, replacing any
+        previous calibration and its ranges."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.json_path.unlink(missing_ok=True)  # until rewritten below: no calibration here
         for graph in ("frame_encoder", "head"):
             self.ranges_path(graph).unlink(missing_ok=True)
-        tmp = self.data_path.with_name(CACHE_DATA + ".tmp.npz")
-        np.savez(tmp, **{FACES: data.faces}, **data.windows)
-        os.replace(tmp, self.data_path)
+        self.held_out_path.unlink(missing_ok=True)
+        for part, path in ((data, self.data_path), (held_out, self.held_out_path)):
+            if part is None:
+                continue
+            tmp = path.with_name(path.stem + ".tmp.npz")
+            np.savez(tmp, **{FACES: part.faces}, **part.windows)
+            os.replace(tmp, path)
         meta = {
             "format": CACHE_FORMAT,
             "architecture": architecture,
@@ -101,6 +144,9 @@ class CalibrationCache:
             "source": data.source,
             "faces": data.num_faces,
             "windows": data.num_windows,
+            "held_out": None
+            if held_out is None
+            else {"faces": held_out.num_faces, "windows": held_out.num_windows},
             "info": data.info,
         }
         self._write_meta(meta)

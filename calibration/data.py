@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Media files :func:`from_media` reads from a folder (the suffixes the file source opens).
 MEDIA_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".wav", ".mp3"})
+#: The video file inside a recorded session folder.
+SESSION_VIDEO = "video.mp4"
 #: Default sample sizes: enough for stable int8 ranges of these graphs, seconds of calibration.
 DEFAULT_FACES, DEFAULT_WINDOWS = 256, 256
 #: Rows per batch the data reader feeds the calibrator.
@@ -232,22 +234,52 @@ class RecordingBackend:
         return CalibrationSet(np.stack(self.faces.items), windows, source, info)
 
 
+def is_session(folder: Path) -> bool:
+    """A recorded session folder (what ``eri record`` writes: ``video.mp4`` inside)."""
+    return folder.is_dir() and (folder / SESSION_VIDEO).is_file()
+
+
 def media_files(folder: str | Path) -> list[Path]:
-    """The media files directly in ``folder`` (or ``folder`` itself when it is a file)."""
+    """The media files and recorded session folders directly in ``folder`` (``folder`` itself
+    when it is a file or a session)."""
     folder = Path(folder)
-    if folder.is_file():
+    if folder.is_file() or is_session(folder):
         return [folder]
     if not folder.is_dir():
         raise CalibrationError(
             f"Calibration data {folder} does not exist; give a folder of videos with faces."
         )
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in MEDIA_SUFFIXES)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if (p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES) or is_session(p)
+    )
     if not files:
         raise CalibrationError(
-            f"{folder} holds no media files ({', '.join(sorted(MEDIA_SUFFIXES))}); give a folder "
-            "of videos with faces."
+            f"{folder} holds no media files ({', '.join(sorted(MEDIA_SUFFIXES))}) or recorded "
+            "sessions; give a folder of videos with faces."
         )
     return files
+
+
+def check_shapes(data: CalibrationSet, model: Any) -> None:
+    """Refuse calibration arrays whose shapes are not the inputs ``model``'s graphs take:
+    faces [N, 3, S, S], visual [B, T, D], audio_tokens [B, T, F] (audio models), flags [B]."""
+    t, s, d = model.window.num_samples, model.crop.size, model.feature_dim
+    want = {FACES: (3, s, s), VISUAL: (t, d), VISUAL_PRESENT: ()}
+    if model.has_audio:
+        want[AUDIO_TOKENS] = (t, model.audio_spec.token_dim)
+        want[AUDIO_PRESENT] = ()
+    arrays = {FACES: data.faces, **data.windows}
+    for name, shape in want.items():
+        got = arrays.get(name)
+        if got is None or tuple(got.shape[1:]) != shape:
+            seen = "missing" if got is None else f"of shape {list(got.shape)}"
+            raise CalibrationError(
+                f"Calibration data from {data.source} has {name} {seen}, but this "
+                f"{model.arch_name} model takes {['N', *shape]}; run `eri calibrate` again "
+                "for this model."
+            )
 
 
 def from_media(

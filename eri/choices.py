@@ -29,8 +29,8 @@ class ExportFormat:
 
 EXPORT_FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("onnx", "fp32", "onnxruntime", "", True),
-    ExportFormat("onnx-fp16", "fp16", "onnxruntime", "_fp16", False),
-    ExportFormat("onnx-int8", "int8", "onnxruntime", "_int8", False),
+    ExportFormat("onnx-fp16", "fp16", "onnxruntime", "_fp16", True),
+    ExportFormat("onnx-int8", "int8", "onnxruntime", "_int8", True),
     ExportFormat("engine", "fp32", "tensorrt", "", False),
     ExportFormat("engine-fp16", "fp16", "tensorrt", "_fp16", False),
     ExportFormat("engine-int8", "int8", "tensorrt", "_int8", False),
@@ -45,6 +45,16 @@ def available_formats() -> list[str]:
 def available_precisions() -> list[str]:
     """Precisions with at least one buildable format, in table order."""
     return list(dict.fromkeys(f.precision for f in EXPORT_FORMATS if f.available))
+
+
+def calibrated_formats() -> list[str]:
+    """Buildable export formats that need a calibration cache (``eri export --calib``)."""
+    return [f.name for f in EXPORT_FORMATS if f.available and f.precision == "int8"]
+
+
+#: INT8 calibration methods (``eri export --calib-method``), the default first; ONNX Runtime's
+#: calibrators behind them live in ``eri.calibration.quantize``.
+CALIBRATION_METHODS: tuple[str, ...] = ("entropy", "percentile", "minmax")
 
 
 #: Inference backends this version implements (``auto`` picks among them at run time).

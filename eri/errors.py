@@ -30,6 +30,8 @@ INSTALL_HINTS: dict[str, tuple[str, str]] = {
     "av": ("reading and writing video", "pip install av"),
     "pandas": ("the DataFrame API", "pip install 'eri-live[pandas]'"),
     "tensorrt": ("the tensorrt backend", "pip install 'eri-live[tensorrt]'"),
+    "PySide6": ("the viewer window (eri view)", "pip install 'PySide6-Essentials>=6.5'"),
+    "pyqtgraph": ("the viewer's curves (eri view)", "pip install 'pyqtgraph>=0.13.3'"),
 }
 
 

@@ -243,6 +243,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def model_cache_dir(model: StreamingModel) -> Path:
+    """The export cache folder of ``model``: ``cache_dir()/onnx/<arch>-<weights hash>``."""
+    return cache_dir() / "onnx" / f"{model.arch_name}-{weights_digest(model)}"
+
+
 def onnx_paths(bundle: Any) -> dict[str, Path]:
     """The bundle's fp32 ONNX graphs: its own exports, else a cached export made now."""
     own = {
@@ -252,7 +257,7 @@ def onnx_paths(bundle: Any) -> dict[str, Path]:
     if all(own.values()):
         return own  # type: ignore[return-value]
     arch = bundle.model.arch_name
-    target = cache_dir() / "onnx" / f"{arch}-{weights_digest(bundle.model)}"
+    target = model_cache_dir(bundle.model)
     paths = {"frame_encoder": target / FRAME_ENCODER_FILE, "head": target / HEAD_FILE}
     if not all(p.is_file() for p in paths.values()):
         log.info("exporting %s to ONNX once (about a minute); cached in %s", arch, target)

@@ -27,10 +27,13 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from eri.choices import EXPORT_FORMATS
+from eri.errors import EriError
 from eri.models.audio import AudioSpec, waveform_tokens
 from eri.models.base import StreamingModel
 from eri.models.export import (
@@ -47,6 +50,8 @@ from eri.models.export import (
     export_format,
     head_graph,
     head_input_names,
+    model_cache_dir,
+    onnx_paths,
     ort_session,
 )
 from eri.models.spec import WindowSpec
@@ -99,6 +104,50 @@ def variant_paths(out_dir: str | Path, fmt: str) -> dict[str, Path]:
         graph: out_dir / f"{Path(name).stem}{suffix}.onnx"
         for graph, name in (("frame_encoder", FRAME_ENCODER_FILE), ("head", HEAD_FILE))
     }
+
+
+class PrecisionError(EriError, ValueError):
+    """A precision variant that does not exist; the message says how to make it."""
+
+
+def onnx_format(precision: str) -> str:
+    """The ONNX export format of ``precision`` (``"fp16"`` -> ``"onnx-fp16"``)."""
+    for fmt in EXPORT_FORMATS:
+        if fmt.runtime == "onnxruntime" and fmt.precision == precision and fmt.available:
+            return fmt.name
+    offered = [f.precision for f in EXPORT_FORMATS if f.runtime == "onnxruntime" and f.available]
+    raise PrecisionError(f"Unknown precision {precision!r}; choose one of: {', '.join(offered)}.")
+
+
+def precision_paths(bundle: Any, precision: str) -> dict[str, Path]:
+    """The bundle's two ONNX graphs at ``precision`` (``{"frame_encoder": path, "head": path}``).
+
+    The bundle's own exports (recorded in bundle.json) come first, then the export cache
+    (:func:`eri.models.export.model_cache_dir`). fp32 and fp16 are made into the cache on demand
+    (fp16 from fp32); int8 needs calibration data, so a missing int8 export is a
+    :class:`PrecisionError` saying how to make one.
+    """
+    if precision == "fp32":
+        return onnx_paths(bundle)
+    fmt = onnx_format(precision)
+    own = {g: bundle.export_path(p.name) for g, p in variant_paths(".", fmt).items()}
+    if all(own.values()):
+        return own  # type: ignore[return-value]
+    cached = variant_paths(model_cache_dir(bundle.model), fmt)
+    if all(p.is_file() for p in cached.values()):
+        return cached
+    if precision == "fp16":
+        fp32 = onnx_paths(bundle)
+        target = model_cache_dir(bundle.model)
+        log.info("converting %s to fp16 once; cached in %s", bundle.model.arch_name, target)
+        return export_fp16(bundle.model, fp32, target)
+    where = bundle.path if bundle.path is not None else "DIR"
+    first = "" if bundle.path is not None else "save it with `eri bundle --out DIR`, "
+    then = "" if bundle.path is not None else ", and pass --model DIR"
+    raise PrecisionError(
+        f"{bundle.name} has no {precision} export; {first}run `eri calibrate {where} --data "
+        f"MEDIA_DIR --out CALIB` and then `eri export {where} --format {fmt} --calib CALIB`{then}."
+    )
 
 
 # ------------------------------------------------------------------------------- probe inputs

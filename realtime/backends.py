@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from eri.choices import BACKENDS
+from eri.choices import BACKENDS, available_precisions
 from eri.errors import EriError
 from eri.models.export import (
     FACES,
@@ -26,7 +26,6 @@ from eri.models.export import (
     head_graph,
     head_input_names,
     import_onnxruntime,
-    onnx_paths,
     ort_session,
 )
 
@@ -116,44 +115,82 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """The bundle's torch model, on CUDA when available (or as asked), else the CPU."""
+    """The bundle's torch model, on CUDA when available (or as asked), else the CPU.
+
+    fp32 everywhere; fp16 on CUDA only, through autocast (which keeps reductions such as
+    LayerNorm and softmax in fp32, as the fp16 ONNX keeps the raw audio front); int8 runs from
+    the Q/DQ ONNX export, in ONNX Runtime.
+    """
 
     name = "torch"
 
-    def __init__(self, bundle: Any, device: str | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, bundle: Any, device: str | None = None, threads: int = 0, precision: str = "fp32"
+    ) -> None:
         super().__init__(bundle)
         import torch
 
         self._torch = torch
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if precision == "int8":
+            raise BackendError(
+                "The torch backend does not run int8 (it lives in the Q/DQ ONNX export); use "
+                "--backend onnxruntime for --precision int8."
+            )
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise BackendError(
+                f"The torch backend runs fp16 only on CUDA, not on {device}; use --backend "
+                "onnxruntime for --precision fp16."
+            )
         if threads:
             torch.set_num_threads(threads)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device
+        self.precision = precision
         self.model = self.model.to(self.device).eval()
         self.graph = head_graph(self.model)
 
+    def _autocast(self):
+        torch = self._torch
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16")
+
     def encode_frames(self, faces: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             x = torch.from_numpy(np.ascontiguousarray(faces)).to(self.device)
             return self.model.encode_frames(x).float().cpu().numpy()
 
     def head(self, visual, audio_tokens, audio_present, visual_present) -> np.ndarray:
         torch = self._torch
         args = self._head_args(visual, audio_tokens, audio_present, visual_present)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             t = [torch.from_numpy(a).to(self.device) for a in args]
             return self.graph(*t).float().cpu().numpy()
 
 
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime on the bundle's exported graphs (exported to a cache when missing)."""
+    """ONNX Runtime on the bundle's exported graphs at ``precision`` (the bundle's own exports,
+    else the export cache: fp32 and fp16 made there when missing; int8 must have been exported
+    with ``eri export --format onnx-int8``)."""
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Any, threads: int = 0, providers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Any,
+        threads: int = 0,
+        providers: list[str] | None = None,
+        precision: str = "fp32",
+    ) -> None:
         super().__init__(bundle)
         import_onnxruntime()  # before a possibly long export, say what is missing
-        paths = onnx_paths(bundle)
+        from eri.models.precision import precision_paths
+
+        paths = precision_paths(bundle, precision)
+        self.precision = precision
+        self.paths = paths
+        log.info(
+            "onnxruntime %s: loading %s and %s", precision, paths["frame_encoder"], paths["head"]
+        )
         # Idle encoder threads do not busy-wait, leaving the cores to decoding and face tracking
         # (faster end to end and lower live latency on small machines).
         self.encoder = ort_session(paths["frame_encoder"], providers, threads, spin=False)
@@ -175,20 +212,21 @@ class OnnxRuntimeBackend(Backend):
 def create_backend(
     bundle: Any, name: str = "auto", precision: str = "fp32", threads: int = 0
 ) -> Backend:
-    """The backend ``name`` for ``bundle``; ``auto`` picks TensorRT > torch CUDA > ONNX Runtime."""
-    if precision != "fp32":
+    """The backend ``name`` for ``bundle`` at ``precision`` (``eri.choices``); ``auto`` picks
+    torch on CUDA (fp32, fp16), else ONNX Runtime. A precision the backend cannot run, or whose
+    export is missing, is an :class:`~eri.errors.EriError` saying what to do."""
+    if precision not in available_precisions():
         raise BackendError(
-            f"Precision {precision} needs the fp16/int8 exports, which this "
-            "version does not build yet; use --precision fp32."
+            f"Unknown precision {precision!r}; choose one of: {', '.join(available_precisions())}."
         )
     if name == "auto":
         import torch
 
-        name = "torch" if torch.cuda.is_available() else "onnxruntime"
+        name = "torch" if torch.cuda.is_available() and precision != "int8" else "onnxruntime"
     if name == "torch":
-        return TorchBackend(bundle, threads=threads)
+        return TorchBackend(bundle, threads=threads, precision=precision)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(bundle, threads=threads)
+        return OnnxRuntimeBackend(bundle, threads=threads, precision=precision)
     raise BackendError(f"Unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}.")
 
 

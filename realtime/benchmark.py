@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from eri.errors import EriError
 from eri.models.bundle import Bundle
 from eri.models.export import (
     AUDIO_PRESENT,
@@ -33,7 +34,7 @@ from eri.models.export import (
     example_inputs,
 )
 from eri.realtime.analyze import make_tracker, percentiles
-from eri.realtime.backends import BackendError, create_backend
+from eri.realtime.backends import create_backend
 from eri.realtime.pipeline import (
     OFFLINE_BATCH,
     STAGES,
@@ -223,7 +224,7 @@ def benchmark(
         if key not in built:
             try:
                 built[key] = create_backend(bundle, cfg.backend, cfg.precision, threads=threads)
-            except (BackendError, ImportError) as exc:
+            except (EriError, ImportError) as exc:  # e.g. no int8 export: a row says so
                 built[key] = exc
         if isinstance(built[key], Exception):
             rows[i] = {

@@ -22,11 +22,13 @@ from eri import __version__
 from eri.choices import (
     BACKENDS,
     BENCHMARK_MODES,
+    CALIBRATION_METHODS,
     DEFAULT_ARCH,
     ENGINE_MODES,
     SUBJECT_POLICIES,
     available_formats,
     available_precisions,
+    calibrated_formats,
 )
 from eri.errors import EriError
 
@@ -214,6 +216,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
 
     fmt = export_format(args.format)
+    check_calibration_args(args, fmt.precision)
     bundle = load_bundle(args.bundle)
     out_dir = Path(args.out) if args.out else bundle.path
     try:
@@ -225,6 +228,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(
             f"Cannot write to {out_dir} ({exc.strerror}); pass a writable --out."
         ) from None
+    if fmt.precision != "fp32":
+        return export_precision_variant(args, bundle, fmt, out_dir)
     paths = export_onnx(bundle.model, out_dir)
     for graph, path in paths.items():
         log.info("wrote %s", path)
@@ -245,6 +250,90 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f" > {FP32_TOLERANCE}; the export is not faithful, report this with the bundle."
             )
         print(f"OK: within {FP32_TOLERANCE:g} relative to max(1, max |torch|)")
+    return 0
+
+
+def check_calibration_args(args: argparse.Namespace, precision: str) -> None:
+    """--calib / --calib-method go with the calibrated (int8) formats only, and those need it."""
+    if precision == "int8" and not args.calib:
+        raise UserError(
+            f"--format {args.format} needs a calibration cache: run `eri calibrate "
+            f"{args.bundle} --data MEDIA_DIR --out CALIB`, then pass --calib CALIB."
+        )
+    if precision != "int8" and (args.calib or args.calib_method):
+        raise UserError(
+            f"--calib and --calib-method are for {', '.join(calibrated_formats())} only; "
+            f"drop them for --format {args.format}."
+        )
+
+
+def export_precision_variant(args: argparse.Namespace, bundle: Any, fmt: Any, out_dir: Path) -> int:
+    """`eri export --format onnx-fp16 | onnx-int8`: the variant, checked before it is moved into
+    place with --check, and recorded in bundle.json when written beside the bundle."""
+    from eri.models.bundle import record_export
+    from eri.realtime.variants import export_variant
+
+    report = export_variant(
+        bundle, fmt.name, out_dir, calib=args.calib, method=args.calib_method, check=args.check
+    )
+    for line in report.lines():
+        print(line)
+    if not report.installed:
+        raise UserError(
+            f"The {fmt.precision} export differs from fp32 torch beyond its tolerance "
+            f"({report.tolerance:g}), so it was not written; report this with the bundle."
+        )
+    for graph, path in report.paths.items():
+        log.info("wrote %s", path)
+        if out_dir == bundle.path:
+            info = {"file": path.name, "format": fmt.name, "precision": fmt.precision}
+            if fmt.precision == "int8":
+                info["calibration"] = {"cache": str(Path(args.calib).resolve())}
+                info["calibration"]["method"] = args.calib_method or CALIBRATION_METHODS[0]
+            record_export(bundle.path, path.name, {**info, "graph": graph})
+    if args.check:
+        print(f"OK: within {report.tolerance:g}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """`eri calibrate BUNDLE --data DIR --out CALIB`: sample face crops and head windows from
+    media files or recorded sessions through the real pipeline into a calibration cache."""
+    data = Path(args.data)
+    if not data.exists():
+        raise UserError(
+            f"--data {data} does not exist; pass a folder of videos or recorded sessions "
+            "with faces."
+        )
+    out = Path(args.out)
+    if out.is_file() or (
+        out.is_dir() and any(out.iterdir()) and not (out / "calibration.json").is_file()
+    ):
+        raise UserError(
+            f"--out {out} is not empty and not a calibration cache; choose a new folder."
+        )
+    check_writable(out / "calibration.json", "calibration cache", "--out")
+    from eri.calibration import calibrate
+    from eri.calibration.data import media_files
+    from eri.models.bundle import load_bundle
+    from eri.realtime.variants import HELD_OUT_FRACTION
+
+    files = media_files(data)  # no media: refused before loading the model
+    bundle = load_bundle(args.bundle)
+    for note in bundle.notes:
+        log.warning("%s", note)
+    result = calibrate(bundle, data, out, held_out=HELD_OUT_FRACTION, refresh=True)
+    log.info(
+        "wrote calibration cache %s: %d crops and %d windows from %d file(s), %.0f%% more held "
+        "out for `eri export --check`; next: eri export %s --format onnx-int8 --calib %s",
+        out,
+        result.num_faces,
+        result.num_windows,
+        len(files),
+        100 * HELD_OUT_FRACTION / (1 - HELD_OUT_FRACTION),
+        args.bundle,
+        out,
+    )
     return 0
 
 
@@ -318,6 +407,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- record
+def cmd_record(args: argparse.Namespace) -> int:
+    """``eri record``: a session folder from a camera, file or synthetic source, headless."""
+    from eri.realtime.session.record import open_record_source, record
+    from eri.realtime.session.recorder import check_session_dir
+
+    check_session_dir(args.out)
+    bundle, backend = _load_model(args)
+    source = open_record_source(args.source, mic=args.mic, fast=args.fast, duration_s=args.duration)
+    result = record(args.out, source, bundle, backend, fast=args.fast)
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
 # --------------------------------------------------------------------------- benchmark
 def cmd_benchmark(args: argparse.Namespace) -> int:
     is_camera = args.source.isdigit()
@@ -380,6 +482,53 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     what = "pretrained backbone, untrained head" if args.pretrained else "random weights"
     log.info("wrote an untrained %s bundle (%s) to %s", args.arch, what, out)
     return 0
+
+
+# --------------------------------------------------------------------------- view
+def cmd_view(args: argparse.Namespace) -> int:
+    """The viewer window (PySide6 + pyqtgraph, imported only here)."""
+    from eri.realtime.gui import require_qt
+
+    require_qt()
+    source = args.source
+    if (
+        source is not None
+        and not source.strip().isdigit()
+        and not source.strip().lower().startswith("synthetic")
+        and not Path(source).exists()
+    ):
+        raise UserError(
+            f"{source} does not exist; pass a camera index, a video file, a session folder "
+            "or synthetic."
+        )
+    if args.screenshot:
+        if Path(args.screenshot).suffix.lower() != ".png":
+            raise UserError(f"--screenshot {args.screenshot} must end in .png.")
+        check_writable(args.screenshot, "screenshot", "--screenshot")
+    if args.record:
+        record = Path(args.record)
+        if record.exists() and (not record.is_dir() or any(record.iterdir())):
+            raise UserError(
+                f"--record {record} already exists and is not an empty folder; choose a new "
+                "folder (a session is never written over)."
+            )
+        check_writable(record / "session.json", "session", "--record")
+    bundle = load_bundle_arg(args) if args.model else None
+    from eri.realtime.gui.app import ViewerOptions, run_viewer
+
+    options = ViewerOptions(
+        source=source,
+        mic=args.mic,
+        model=args.model,
+        arch=args.arch,
+        backend=args.backend,
+        precision=args.precision,
+        record=args.record,
+        exit_after=args.exit_after,
+        screenshot=args.screenshot,
+        bundle=bundle,
+    )
+    return run_viewer(options)
 
 
 # --------------------------------------------------------------------------- not yet
@@ -464,22 +613,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="registered architectures")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("view", help="live viewer window")
-    p.add_argument("--source", default="0")
-    p.add_argument("--mic", default=None)
+    p = sub.add_parser(
+        "view",
+        help="live viewer window",
+        description="Open the viewer: the camera image with the tracked face, the seven curves "
+        "and the audio level, live from a camera, a video file or the synthetic face; a "
+        "recorded session folder is replayed. Options not given take the viewer's saved "
+        "settings.",
+    )
+    p.add_argument(
+        "--source", help="camera index, video file, session folder or synthetic (default: 0)"
+    )
+    p.add_argument("--mic", default=None, help="microphone name or index, or none (visual only)")
     _add_model_args(p)
-    p.add_argument("--record")
-    p.add_argument("--exit-after", type=float)
-    p.add_argument("--screenshot")
-    p.set_defaults(func=_stub("view"))
+    p.set_defaults(arch=None, backend=None)  # not given: the viewer's saved choice
+    p.add_argument("--record", metavar="DIR", help="record a session into this new folder")
+    p.add_argument(
+        "--exit-after", type=_positive_float, metavar="S", help="close the window after S seconds"
+    )
+    p.add_argument(
+        "--screenshot", metavar="PNG", help="save the window as a PNG when it closes (scripts)"
+    )
+    p.set_defaults(func=cmd_view)
 
-    p = sub.add_parser("record", help="record a session without a window")
-    p.add_argument("--out", required=True)
-    p.add_argument("--source", default="0")
-    p.add_argument("--mic", default=None)
-    p.add_argument("--duration", type=float)
+    p = sub.add_parser(
+        "record",
+        help="record a session without a window",
+        description="Record a session folder (video.mp4, audio.wav, predictions.csv, "
+        "markers.csv, session.json, report.png) while running the model live; stops at the "
+        "end of the source, after --duration seconds, or on Ctrl-C / SIGTERM.",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="session folder to create (new or empty)"
+    )
+    p.add_argument(
+        "--source",
+        default="0",
+        help="camera index, video file, session folder, or synthetic (endless; synthetic:N "
+        "for N frames) (default: 0)",
+    )
+    p.add_argument("--mic", default=None, help="microphone name or index, or none (visual-only)")
+    p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="files: run as fast as possible instead of in real time (every frame is still "
+        "recorded; inference skips frames it has no time for)",
+    )
     _add_model_args(p)
-    p.set_defaults(func=_stub("record"))
+    p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("analyze", help="run the pipeline over a video or audio file")
     p.add_argument("media")
@@ -521,7 +703,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check",
         action="store_true",
-        help="compare ONNX Runtime with torch and print the largest difference",
+        help="compare ONNX Runtime with torch and print the largest difference (int8: and the "
+        "per-emotion correlation on held-out windows)",
+    )
+    p.add_argument(
+        "--calib",
+        metavar="CALIB",
+        help=f"calibration cache from `eri calibrate` ({', '.join(calibrated_formats())} only)",
+    )
+    p.add_argument(
+        "--calib-method",
+        choices=CALIBRATION_METHODS,
+        help=f"how int8 ranges are chosen (default: {CALIBRATION_METHODS[0]})",
     )
     p.set_defaults(func=cmd_export)
 
@@ -541,11 +734,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bundle)
 
-    p = sub.add_parser("calibrate", help="INT8 calibration")
-    p.add_argument("bundle")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_stub("calibrate"))
+    p = sub.add_parser(
+        "calibrate",
+        help="INT8 calibration data from videos",
+        description="Run the videos (or recorded sessions) in --data through the pipeline and "
+        "keep a sample of face crops and windows in --out, for `eri export BUNDLE --format "
+        "onnx-int8 --calib CALIB` (a quarter more is held out for its --check).",
+    )
+    p.add_argument("bundle", help="model bundle directory")
+    p.add_argument("--data", required=True, help="folder of videos or recorded sessions")
+    p.add_argument("--out", required=True, help="calibration cache folder to write")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(
         "benchmark",

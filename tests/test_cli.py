@@ -30,11 +30,8 @@ def test_info_json(capsys):
 @pytest.mark.parametrize(
     "command",
     [
-        ["view"],
-        ["record", "--out", "x"],
         ["train", "--data", "d"],
         ["evaluate", "b", "--data", "d"],
-        ["calibrate", "b", "--data", "d", "--out", "c"],
     ],
 )
 def test_later_commands_say_not_implemented(command):

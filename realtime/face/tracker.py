@@ -70,7 +70,7 @@ from eri.models.spec import CropSpec
 from eri.realtime.face.detector import BlazeFace, Detection
 from eri.realtime.face.flow import FlowTracker
 
-__all__ = ["FaceResult", "FaceTracker", "OneEuroFilter", "select_subject"]
+__all__ = ["FaceResult", "FaceTracker", "OneEuroFilter", "detection_at", "select_subject"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,13 @@ def select_subject(
     raise ValueError(f"subject must be 'largest', 'center' or an int index, got {subject!r}.")
 
 
+def detection_at(detections: list[Detection], x: float, y: float) -> Detection | None:
+    """The face whose box contains the image point (x, y) (the smallest if boxes overlap), or
+    None when no box contains it: a click on a face in the viewer."""
+    inside = [d for d in detections if d.box[0] <= x <= d.box[2] and d.box[1] <= y <= d.box[3]]
+    return min(inside, key=lambda d: d.area) if inside else None
+
+
 class FaceTracker:
     """Follow one face through a stream of frames; see the module docstring.
 
@@ -296,6 +303,7 @@ class FaceTracker:
                 raise
         self._closed = False
         self._warned_index = False
+        self._select_point: tuple[float, float] | None = None
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -355,6 +363,31 @@ class FaceTracker:
             "lost_events": self.lost_events,
             "held_frames": self.held_frames,
         }
+
+    def select_at(self, x: float, y: float) -> None:
+        """Follow the face whose box contains the image point (x, y), from the next frame.
+
+        Safe to call from another thread (a GUI click): it only leaves a request that the next
+        :meth:`process` carries out with a full-frame detection. No face there: the current
+        subject stays.
+        """
+        self._select_point = (float(x), float(y))
+
+    def _switch_subject(self, image: np.ndarray, time_s: float) -> None:
+        """Carry out a :meth:`select_at` request on this frame."""
+        point, self._select_point = self._select_point, None
+        if point is None:
+            return
+        found = detection_at(self._detect_full(image), *point)
+        if found is None:
+            logger.info("no face at (%.0f, %.0f): the subject stays", *point)
+            return
+        self._drop_track()
+        self._track = found
+        self._points = np.asarray(found.points, np.float64).copy()  # held if this frame misses
+        self._last_seen = time_s
+        self._track_id += 1
+        logger.info("subject switched to the face at (%.0f, %.0f)", *point)
 
     # -- detection ------------------------------------------------------------------------
 
@@ -501,6 +534,8 @@ class FaceTracker:
         self._last_time = time_s
         self.frames += 1
         image = np.ascontiguousarray(image)
+        if self._select_point is not None:
+            self._switch_subject(image, time_s)
         new_track = self._track is None
         ran_flow = False
         if self._uses_flow:

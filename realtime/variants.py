@@ -1,0 +1,238 @@
+"""Precision variants for ``eri export --format onnx-fp16 | onnx-int8 [--check]``.
+
+:func:`export_variant` builds a variant from the bundle's fp32 export (made first when absent),
+optionally checks it against fp32 torch, and only then moves the two files into place: a failed
+check, a bad calibration cache or a crash leaves no new file behind. The checks:
+
+- fp16: each graph on held-out probe inputs (:func:`eri.models.precision.probe_inputs`, another
+  seed than the range probe) and the two graphs end to end, within ``FP16_TOLERANCE`` relative
+  to each output's scale;
+- int8: the head on the held-out windows ``eri calibrate`` set aside (never calibrated on), with
+  the per-emotion Pearson correlation of int8 vs fp32 torch over those windows (target
+  :data:`PEARSON_TARGET`), the encoder on the held-out crops, and the two graphs end to end on
+  probe inputs; intensities within ``INT8_TOLERANCE`` (absolute: they lie in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eri.models.export import (
+    FACES,
+    FEATURES,
+    INTENSITIES,
+    VISUAL,
+    export_format,
+    onnx_paths,
+    ort_session,
+    weights_digest,
+)
+from eri.models.precision import (
+    FP16_TOLERANCE,
+    VariantCheck,
+    check_variant,
+    export_fp16,
+    graph_feeds,
+    probe_inputs,
+    torch_reference,
+    variant_paths,
+)
+from eri.models.spec import EMOTIONS
+
+log = logging.getLogger(__name__)
+
+#: Fraction of the crops and windows `eri calibrate` sets aside for the int8 check.
+HELD_OUT_FRACTION = 0.25
+#: Per-emotion Pearson correlation of int8 vs fp32 torch intensities the int8 check aims at.
+PEARSON_TARGET = 0.99
+#: Seed of the probe inputs the checks run on (the fp16 range probe uses 0, tests' calibration
+#: sets 10).
+CHECK_SEED = 20
+
+
+@dataclass
+class VariantReport:
+    """What :func:`export_variant` made and measured. ``installed`` is False when a check
+    failed (the files were not moved into place)."""
+
+    fmt: str
+    paths: dict[str, Path]
+    checks: list[VariantCheck] = field(default_factory=list)
+    tolerance: float = 0.0
+    #: Per emotion: Pearson r of variant vs fp32 torch intensities over ``check_windows``
+    #: (None: the emotion's fp32 intensity did not vary over them).
+    pearson: dict[str, float | None] = field(default_factory=dict)
+    check_windows: str = ""
+    #: Measurements reported without a verdict of their own, one line each.
+    notes: list[str] = field(default_factory=list)
+    installed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def lines(self) -> list[str]:
+        """The check's results, one line each (what ``eri export --check`` prints)."""
+        out = [*self.notes, *(c.describe() for c in self.checks)]
+        if self.pearson:
+            out.append(
+                f"Pearson r of {self.fmt} vs fp32 torch intensities per emotion, over "
+                f"{self.check_windows} (target >= {PEARSON_TARGET}):"
+            )
+            for emotion, r in self.pearson.items():
+                if r is None:
+                    out.append(f"  {emotion:14s} n/a (fp32 intensity constant over these windows)")
+                else:
+                    verdict = "ok" if r >= PEARSON_TARGET else "below target"
+                    out.append(f"  {emotion:14s} {r:.4f} {verdict}")
+        return out
+
+
+def _absolute(check: VariantCheck) -> VariantCheck:
+    """The same measurement judged on an absolute scale (intensities lie in [0, 1])."""
+    return VariantCheck(
+        check.graph, check.output, check.max_abs, check.p99_abs, 1.0, check.tolerance
+    )
+
+
+def pearson_per_emotion(got: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
+    """Pearson r per column of intensities [B, 7] (None where ``ref`` is constant)."""
+    out: dict[str, float | None] = {}
+    for i, emotion in enumerate(EMOTIONS):
+        a, b = got[:, i].astype(np.float64), ref[:, i].astype(np.float64)
+        if len(a) < 2 or np.std(b) < 1e-12 or np.std(a) < 1e-12:
+            out[emotion] = None
+        else:
+            out[emotion] = float(np.corrcoef(a, b)[0, 1])
+    return out
+
+
+def end_to_end_check(
+    model: Any, paths: Mapping[str, Path], inputs: Mapping[str, np.ndarray], tolerance: float
+) -> VariantCheck:
+    """The variant encoder's features of ``inputs[faces]`` [B*T, 3, S, S] fed to the variant
+    head (with the other head inputs), against fp32 torch on the same faces."""
+    features = ort_session(paths["frame_encoder"]).run([FEATURES], {FACES: inputs[FACES]})[0]
+    e2e = dict(inputs, **{VISUAL: features.reshape(inputs[VISUAL].shape)})
+    got = ort_session(paths["head"]).run([INTENSITIES], graph_feeds(paths["head"], e2e))[0]
+    ref = torch_reference(model, inputs)["head"]
+    diff = np.abs(got.astype(np.float64) - ref)
+    finite = bool(np.all(np.isfinite(got)))
+    return VariantCheck(
+        "end_to_end",
+        INTENSITIES,
+        float(diff.max()) if finite else float("inf"),
+        float(np.percentile(diff, 99)) if finite else float("inf"),
+        float(np.abs(ref).max()),
+        tolerance,
+    )
+
+
+def load_calibration(bundle: Any, calib: str | Path) -> tuple[Any, Any]:
+    """(calibration set, held-out set or None) from the cache ``calib`` made by ``eri
+    calibrate`` for this bundle's weights; a :class:`CalibrationError` naming the fix otherwise."""
+    from eri.calibration import CalibrationCache, CalibrationError, check_shapes
+
+    calib = Path(calib)
+    cache = CalibrationCache(calib)
+    where = bundle.path if bundle.path is not None else "BUNDLE"
+    redo = f"`eri calibrate {where} --data MEDIA_DIR --out {calib}`"
+    meta = cache.meta() if calib.is_dir() else None
+    if meta is None or not cache.data_path.is_file():
+        raise CalibrationError(f"{calib} holds no calibration; run {redo} first.")
+    weights = weights_digest(bundle.model)
+    if meta.get("weights") != weights:
+        raise CalibrationError(
+            f"Calibration cache {calib} was made for other weights ({meta.get('architecture')} "
+            f"{meta.get('weights')}), not this bundle's; run {redo} again."
+        )
+    data = cache.load(weights)
+    held = cache.load_held_out(weights)
+    for part in (data, held):
+        if part is not None:
+            check_shapes(part, bundle.model)
+    return data, held
+
+
+def export_variant(
+    bundle: Any,
+    fmt: str,
+    out_dir: str | Path,
+    *,
+    calib: str | Path | None = None,
+    method: str | None = None,
+    check: bool = False,
+) -> VariantReport:
+    """Build the ``fmt`` variant (``onnx-fp16`` or ``onnx-int8``) of ``bundle`` into ``out_dir``
+    from its fp32 export, checked first when ``check``; see the module docstring."""
+    from eri.calibration import INT8_TOLERANCE
+    from eri.calibration.quantize import DEFAULT_METHOD, export_int8
+
+    precision = export_format(fmt).precision
+    model = bundle.model
+    data = held = None
+    if precision == "int8":
+        if calib is None:
+            raise ValueError("int8 needs a calibration cache")
+        data, held = load_calibration(bundle, calib)  # refused before any work
+    fp32 = onnx_paths(bundle)
+    out_dir = Path(out_dir)
+    tmp = out_dir / f".eri-{fmt}-{secrets.token_hex(4)}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        if precision == "fp16":
+            made = export_fp16(model, fp32, tmp)
+        else:
+            made = export_int8(
+                model, fp32, data, tmp, method=method or DEFAULT_METHOD, cache_dir=calib
+            )
+        report = VariantReport(fmt, made)
+        if check and precision == "fp16":
+            held_probe = probe_inputs(model, batch=4, seed=CHECK_SEED)
+            report.tolerance = FP16_TOLERANCE
+            report.checks = check_variant(model, made, held_probe, FP16_TOLERANCE)
+            report.checks.append(end_to_end_check(model, made, held_probe, FP16_TOLERANCE))
+        elif check:
+            report.tolerance = INT8_TOLERANCE
+            probe = probe_inputs(model, batch=4, seed=CHECK_SEED)
+            windows = held.windows if held is not None else probe
+            faces = held.faces if held is not None else probe[FACES]
+            report.check_windows = (
+                f"{len(windows[VISUAL])} held-out windows from {held.source}"
+                if held is not None
+                else f"{len(probe[VISUAL])} synthetic probe windows (no held-out set in {calib})"
+            )
+            head = check_variant(model, {"head": made["head"]}, windows, INT8_TOLERANCE)[0]
+            # Features have no int8 tolerance of their own: reported, judged end to end.
+            enc = check_variant(
+                model, {"frame_encoder": made["frame_encoder"]}, {FACES: faces}, INT8_TOLERANCE
+            )[0]
+            crops = "held-out crops" if held is not None else "probe faces"
+            report.notes.append(
+                f"{enc.graph}.{enc.output} on {len(faces)} {crops}: max |diff| "
+                f"{enc.max_abs:.3g} on scale {enc.scale:.3g} (relative {enc.relative:.2e}, "
+                f"p99 {enc.p99_relative:.2e}; judged end to end below)"
+            )
+            got = ort_session(made["head"]).run([INTENSITIES], graph_feeds(made["head"], windows))
+            ref = torch_reference(model, windows)["head"]
+            report.pearson = pearson_per_emotion(got[0], ref)
+            e2e = end_to_end_check(model, made, probe, INT8_TOLERANCE)
+            report.checks = [_absolute(head), _absolute(e2e)]
+        if check and not report.ok:
+            return report
+        final = variant_paths(out_dir, fmt)
+        for graph, path in made.items():
+            os.replace(path, final[graph])
+        report.paths, report.installed = final, True
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
