@@ -237,6 +237,32 @@ def frame_level_db(frames: np.ndarray, spec: AudioSpec) -> np.ndarray:
     return frames.mean(axis=1)
 
 
+def window_audio_span(
+    end_s: float, start_s: float, window: Any, spec: AudioSpec
+) -> tuple[float, float]:
+    """The (start, end] span whose frames decide whether a window's audio is present.
+
+    A window ending at ``end_s`` (history from ``start_s``) with WindowSpec ``window`` reads
+    tokens whose frames end in ``(first sample - token_s, end_s]``; that is the span.
+    """
+    span = min(window.context_s, max(0.0, end_s - start_s))
+    return end_s - span - spec.token_s, end_s
+
+
+def audio_present_in(
+    level_db: np.ndarray, frame_end_s: np.ndarray, span: tuple[float, float]
+) -> bool:
+    """The silence rule, shared by live inference and training: a window has audio when any
+    frame ending in ``span = (start, end]`` is louder than :data:`SILENCE_DB`.
+
+    ``level_db`` [n] from :func:`frame_level_db`, ``frame_end_s`` [n] their end times.
+    """
+    start, end = span
+    ends = np.asarray(frame_end_s, dtype=np.float64)
+    inside = (ends > start - _TIME_EPS) & (ends <= end + _TIME_EPS)
+    return bool(inside.any() and np.asarray(level_db)[inside].max() > SILENCE_DB)
+
+
 def frame_end_times(n_frames: int, spec: AudioSpec, start_s: float = 0.0) -> np.ndarray:
     """Times [n_frames] float64 (seconds) at which each frame is complete.
 
@@ -411,15 +437,12 @@ class StreamingFrontEnd:
         order = self._order()
         return self._frames[order], self._ends[order]
 
-    def max_level_db(self, start_s: float, end_s: float) -> float:
-        """Loudest :func:`frame_level_db` of the held frames ending in (start_s, end_s];
-        -inf when there is none."""
-        slots = self._order()
-        ends = self._ends[slots]
-        slots = slots[(ends > start_s - _TIME_EPS) & (ends <= end_s + _TIME_EPS)]
-        if not slots.size:
-            return -math.inf
-        return float(frame_level_db(self._frames[slots], self.spec).max())
+    def audio_present(self, span: tuple[float, float]) -> bool:
+        """:func:`audio_present_in` over the held frames."""
+        order = self._order()
+        return audio_present_in(
+            frame_level_db(self._frames[order], self.spec), self._ends[order], span
+        )
 
     def tokens(self, sample_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens [T, spec.token_dim] float32 and present [T] bool, as :func:`tokens_at`."""

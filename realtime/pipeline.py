@@ -29,7 +29,7 @@ import numpy as np
 
 from eri.choices import ENGINE_MODES
 from eri.errors import EriError
-from eri.models.audio import SILENCE_DB, StreamingFrontEnd
+from eri.models.audio import StreamingFrontEnd, window_audio_span
 from eri.models.bundle import Bundle
 from eri.models.crop import to_tensor_layout
 from eri.realtime.backends import Backend
@@ -232,10 +232,8 @@ class StreamingEngine:
         if self.audio_spec is not None:
             if self.audio is not None and len(self.audio):
                 tokens, _ = self.audio.tokens(times)
-                # Any non-silent MFCC frame among the window's tokens (their frames end in
-                # (first sample - token_s, t]).
-                span_start = t - min(self.window.context_s, t - start) - self.audio_spec.token_s
-                audio_present = self.audio.max_level_db(span_start, t) > SILENCE_DB
+                span = window_audio_span(t, start, self.window, self.audio_spec)
+                audio_present = self.audio.audio_present(span)
             else:
                 tokens = np.zeros((len(times), self.audio_spec.token_dim), np.float32)
         return Window(
