@@ -5,8 +5,10 @@ CPU: a 30 fps 640x480 synthetic source paced in real time runs through the live 
 each run's process CPU time (all threads) per second of session. Reports the medians and their
 ratio (target: on / off <= 1.20).
 
-Memory: one long recording (``--minutes``); resident memory (VmRSS) every 5 s, and its growth
-after the first minute (target: < 50 MB over 30 minutes).
+Memory: one long recording (``--minutes``); resident memory (VmRSS) and the video queued for
+the encoder every ``--rss-every`` s (default 10), and the RSS growth after the first minute
+(target: < 50 MB over 30 minutes; a starved encoder's queue, capped by the recorder, shows as
+growth too).
 
     .venv/bin/python benchmarks/recording.py --seconds 20 --repeats 3 --minutes 4
     .venv/bin/python benchmarks/recording.py --repeats 0 --minutes 30      # the full memory run
@@ -17,27 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from _sampling import machine, rss_mb, sampled, setup_logging
+
 from eri.realtime.session.format import versions
 
 log = logging.getLogger("eri.benchmarks.recording")
 
 
-def rss_mb() -> float:
-    """Resident memory of this process in MB (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def run_once(bundle, backend, seconds: float, out: Path | None, *, sample_rss=None) -> dict:
+def run_once(
+    bundle, backend, seconds: float, out: Path | None, *, sample_rss=None, every_s: float = 10.0
+) -> dict:
     """One paced run of ``seconds``; records into ``out`` when given. CPU s per session s."""
     from eri.realtime.analyze import make_tracker
     from eri.realtime.pipeline import LiveRunner, StreamingEngine
@@ -59,14 +56,11 @@ def run_once(bundle, backend, seconds: float, out: Path | None, *, sample_rss=No
     runner = LiveRunner(source, engine, on_event=recorder.on_event if recorder else None)
     rows = 0
     c0, w0 = time.process_time(), time.monotonic()
-    next_sample = w0
-    for output in runner.run():
+    sample = None if sample_rss is None else (lambda t: sample_rss(t, recorder))
+    for output in sampled(runner.run(), every_s, sample):
         rows += 1
         if recorder is not None:
             recorder.add_output(output)
-        if sample_rss is not None and time.monotonic() >= next_sample:
-            sample_rss(time.monotonic() - w0)
-            next_sample += 5.0
     # The session's running cost; closing (encoder flush, report.png) is a one-off, reported
     # apart as close_s / close_cpu_s.
     cpu = time.process_time() - c0
@@ -125,14 +119,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each CPU run")
     p.add_argument("--repeats", type=int, default=3, help="CPU runs per setting (0: none)")
     p.add_argument("--minutes", type=float, default=0.0, help="memory run length (0: none)")
+    p.add_argument("--rss-every", type=float, default=10.0, help="memory sample period, s")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--arch", default=None, help="architecture (default: the default one)")
     p.add_argument("--out", help="keep the sessions under this folder (default: deleted)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("eri").setLevel(logging.WARNING)
-    log.setLevel(logging.INFO)
+    setup_logging(log)
 
     from eri.models.bundle import untrained_bundle
     from eri.realtime.backends import create_backend
@@ -141,7 +134,7 @@ def main() -> None:
     backend = create_backend(bundle, args.backend)
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="eri-rec-bench-"))
     result: dict = {
-        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+        "machine": machine(),
         "versions": versions(),
         "backend": backend.describe(),
         "architecture": bundle.meta["architecture"],
@@ -186,19 +179,34 @@ def main() -> None:
             )
         if args.minutes:
             samples: list[tuple[float, float]] = []
+            backlog: list[float] = []
 
-            def sample(t: float) -> None:
+            def sample(t: float, recorder) -> None:
                 samples.append((t, rss_mb()))
-                if len(samples) % 12 == 0:
-                    log.info("  %.0f s: RSS %.1f MB", t, samples[-1][1])
+                backlog.append(recorder.backlog_bytes / 2**20)
+                if len(samples) % 6 == 0:
+                    log.info(
+                        "  %.0f s: RSS %.1f MB, %.1f MB of video queued for the encoder",
+                        t,
+                        samples[-1][1],
+                        backlog[-1],
+                    )
 
-            r = run_once(bundle, backend, args.minutes * 60, root / "memory", sample_rss=sample)
+            r = run_once(
+                bundle,
+                backend,
+                args.minutes * 60,
+                root / "memory",
+                sample_rss=sample,
+                every_s=args.rss_every,
+            )
             after = [m for t, m in samples if t >= 60.0]
             at_1min = after[0] if after else float("nan")
             growth = max(after) - at_1min if after else float("nan")
             result["memory"] = {
                 "minutes": args.minutes,
                 "rss_mb": samples,
+                "encoder_backlog_mb": backlog,
                 "rss_at_1min_mb": at_1min,
                 "rss_end_mb": samples[-1][1] if samples else None,
                 "max_growth_after_1min_mb": growth,

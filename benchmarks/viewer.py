@@ -5,46 +5,51 @@ Runtime, for ``--seconds``; measures
 - frame arrival -> output (the pipeline alone, ``stages_ms["latency"]``), ms;
 - frames captured / processed / skipped, outputs drawn per second;
 - the GUI thread's longest stall: a 5 ms QTimer heartbeat, the largest gap between its ticks
-  minus 5 ms.
+  minus 5 ms;
+- the 1-minute load average, every second.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/viewer.py --seconds 45 \\
-        [--source synthetic|PATH] [--backend onnxruntime] [--json out.json]
+        [--source synthetic|PATH] [--backend onnxruntime] [--record DIR] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
+from _sampling import (
+    VIEWER_DISTS,
+    machine,
+    percentiles,
+    sampled,
+    setup_logging,
+)
+
+from eri.realtime.session.format import versions
 
 log = logging.getLogger("eri.benchmarks.viewer")
 HEARTBEAT_MS = 5
+#: Longest wait for the model to load and the first points to be drawn.
+START_TIMEOUT_S = 300.0
 
 
-def _pct(values, qs=(50, 95, 99)) -> dict[str, float]:
-    arr = np.asarray(list(values), np.float64)
-    return {f"p{q}": round(float(np.percentile(arr, q)), 2) if arr.size else None for q in qs}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("PySide6-Essentials", "pyqtgraph", "onnxruntime", "torch", "mediapipe", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def run(seconds: float, source_spec: str, backend: str, fps: float) -> dict:
+def run(
+    seconds: float,
+    source_spec: str,
+    backend: str,
+    fps: float,
+    *,
+    record: str | Path | None = None,
+    threads: int | None = None,
+) -> dict:
+    """One viewer run of ``seconds`` after the first 30 points; records into ``record`` when
+    given; ``threads``: inference threads (None: the viewer's default)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6 import QtCore
 
@@ -58,10 +63,17 @@ def run(seconds: float, source_spec: str, backend: str, fps: float) -> dict:
     else:
         source = FileSource(source_spec, realtime=True, loop=True)
     settings_dir = tempfile.mkdtemp(prefix="eri-viewer-bench-")
-    options = ViewerOptions(source_object=source, backend=backend, mic="none")
+    options = ViewerOptions(
+        source_object=source,
+        backend=backend,
+        mic="none",
+        record=str(record) if record else None,
+        threads=threads,
+    )
     win = ViewerWindow(options, settings_for(Path(settings_dir) / "viewer.ini"))
     win.resize(1400, 720)
     win.show()
+    win.controls.ask_report.setChecked(False)
     win.start()
 
     gaps: list[float] = []
@@ -81,7 +93,7 @@ def run(seconds: float, source_spec: str, backend: str, fps: float) -> dict:
         while not pred() and time.perf_counter() < end:
             app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 20)
 
-    wait(lambda: win.curves.point_count >= 30 or win.worker.state == "failed", 120)
+    wait(lambda: win.curves.point_count >= 30 or win.worker.state == "failed", START_TIMEOUT_S)
     if win.worker.state == "failed":
         raise SystemExit(f"the pipeline failed: {win.worker.error}")
     worker = win.worker
@@ -89,35 +101,37 @@ def run(seconds: float, source_spec: str, backend: str, fps: float) -> dict:
     stats0 = source.stats()
     processed0, skipped0, drawn0 = worker.frames_processed, worker.skipped, win.outputs_drawn
     win.output_latency_ms.clear()
+    win.stages_ms.clear()
     gaps.clear()
     heartbeat.start(HEARTBEAT_MS)
+    loads: list[float] = []
     last[0] = t0 = time.perf_counter()
     app.processEvents()
-    while time.perf_counter() - t0 < seconds:
+    for _ in sampled(
+        itertools.repeat(None), 1.0, lambda t: loads.append(os.getloadavg()[0]), seconds=seconds
+    ):
         app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 50)
     elapsed = time.perf_counter() - t0
     heartbeat.stop()
     draw = list(win.draw_latency_ms)
     win_output_latency = list(win.output_latency_ms)
+    stages = list(win.stages_ms)
+    names = sorted({k for st in stages for k in st} - {"latency"})
     captured = source.stats()["frames_read"] - stats0["frames_read"]
     processed = worker.frames_processed - processed0
     skipped = worker.skipped - skipped0
     drawn = win.outputs_drawn - drawn0
     info = worker.info
+    recorder = win.recorder
     t_close = time.perf_counter()
     win.close()
     close_s = time.perf_counter() - t_close
     dispose(win)
     stall = max(gaps) - HEARTBEAT_MS if gaps else None
     return {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-            "qt_platform": os.environ.get("QT_QPA_PLATFORM"),
-        },
-        "versions": _versions(),
+        "machine": {**machine(), "qt_platform": os.environ.get("QT_QPA_PLATFORM")},
+        "load_average_1m": percentiles(loads, (50, 95)),
+        "versions": versions(*VIEWER_DISTS),
         "source": source.name,
         "source_fps": source.fps,
         "backend": f"{info.backend} {info.precision} on {info.device}",
@@ -128,11 +142,20 @@ def run(seconds: float, source_spec: str, backend: str, fps: float) -> dict:
         "frames_skipped": skipped,
         "points_drawn": drawn,
         "points_per_s": round(drawn / elapsed, 2),
-        "arrival_to_drawn_ms": _pct(draw),
-        "arrival_to_output_ms": _pct(win_output_latency),
-        "gui_heartbeat_gap_ms": _pct(gaps, (50, 99)),
+        "frames_processed_per_s": round(processed / elapsed, 2),
+        "arrival_to_drawn_ms": percentiles(draw),
+        "arrival_to_output_ms": percentiles(win_output_latency),
+        "stages_ms": {k: percentiles((st[k] for st in stages if k in st), (50, 95)) for k in names},
+        "gui_heartbeat_gap_ms": percentiles(gaps, (50, 99)),
         "gui_longest_stall_ms": round(stall, 1) if stall is not None else None,
         "close_s": round(close_s, 3),
+        "recording": None
+        if recorder is None
+        else {
+            "frames_written": recorder.frames_written,
+            "frames_dropped": recorder.frames_dropped,
+            "error": str(recorder.error) if recorder.error else None,
+        },
     }
 
 
@@ -142,12 +165,14 @@ def main() -> None:
     parser.add_argument("--source", default="synthetic", help="synthetic or a video file (looped)")
     parser.add_argument("--fps", type=float, default=30.0, help="synthetic source frame rate")
     parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--record", metavar="DIR", help="record a session into DIR meanwhile")
+    parser.add_argument("--threads", type=int, help="inference threads (default: the viewer's)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("eri").setLevel(logging.WARNING)
-    log.setLevel(logging.INFO)
-    result = run(args.seconds, args.source, args.backend, args.fps)
+    setup_logging(log)
+    result = run(
+        args.seconds, args.source, args.backend, args.fps, record=args.record, threads=args.threads
+    )
     text = json.dumps(result, indent=2)
     log.info("%s", text)
     if args.json:

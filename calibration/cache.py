@@ -57,17 +57,16 @@ class CalibrationCache:
         try:
             meta = json.loads(self.json_path.read_text())
         except (OSError, ValueError) as exc:
-            log.warning("calibration cache %s is unreadable (%s); recomputing", self.root, exc)
-            return None
+            return self._stale("is unreadable (%s)", exc)
+        if not isinstance(meta, dict):
+            return self._stale("is unreadable (not a JSON object)")
         if meta.get("format") != CACHE_FORMAT:
-            log.warning(
-                "calibration cache %s has format %s, not %s; recomputing",
-                self.root,
-                meta.get("format"),
-                CACHE_FORMAT,
-            )
-            return None
+            return self._stale("has format %s, not %s", meta.get("format"), CACHE_FORMAT)
         return meta
+
+    def _stale(self, why: str, *args: Any) -> None:
+        """Log why the cache is not used ("calibration cache ROOT <why>; recomputing")."""
+        log.warning("calibration cache %s " + why + "; recomputing", self.root, *args)
 
     def load(self, weights: str) -> CalibrationSet | None:
         """The cached set when it was made for ``weights``; else None (mismatch logged)."""
@@ -75,13 +74,9 @@ class CalibrationCache:
         if meta is None or not self.data_path.is_file():
             return None
         if meta.get("weights") != weights:
-            log.warning(
-                "calibration cache %s was made for weights %s, this model has %s; recomputing",
-                self.root,
-                meta.get("weights"),
-                weights,
+            return self._stale(
+                "was made for weights %s, this model has %s", meta.get("weights"), weights
             )
-            return None
         data = self._read(self.data_path, meta)
         log.info(
             "calibration: reusing %s (%d crops, %d windows)",

@@ -6,7 +6,12 @@ line all read it, so an option is offered exactly when the code behind it exists
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+
+#: Whether TensorRT is installed (found, not imported: ``eri --help`` stays instant). The engine
+#: formats and the ``tensorrt`` backend are offered only then; a GPU is checked when they run.
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 #: Architecture an untrained run uses when no ``--arch`` is given.
 DEFAULT_ARCH = "dual_branch"
@@ -31,9 +36,9 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("onnx", "fp32", "onnxruntime", "", True),
     ExportFormat("onnx-fp16", "fp16", "onnxruntime", "_fp16", True),
     ExportFormat("onnx-int8", "int8", "onnxruntime", "_int8", True),
-    ExportFormat("engine", "fp32", "tensorrt", "", False),
-    ExportFormat("engine-fp16", "fp16", "tensorrt", "_fp16", False),
-    ExportFormat("engine-int8", "int8", "tensorrt", "_int8", False),
+    ExportFormat("engine", "fp32", "tensorrt", "", HAS_TENSORRT),
+    ExportFormat("engine-fp16", "fp16", "tensorrt", "_fp16", HAS_TENSORRT),
+    ExportFormat("engine-int8", "int8", "tensorrt", "_int8", HAS_TENSORRT),
 )
 
 
@@ -57,8 +62,12 @@ def calibrated_formats() -> list[str]:
 CALIBRATION_METHODS: tuple[str, ...] = ("entropy", "percentile", "minmax")
 
 
-#: Inference backends this version implements (``auto`` picks among them at run time).
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+#: Every inference backend this version implements; the benchmark gives each a row, saying why
+#: when one cannot run here.
+ALL_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
+
+#: Inference backends offered on this machine (``auto`` picks among them at run time).
+BACKENDS: tuple[str, ...] = tuple(b for b in ALL_BACKENDS if b != "tensorrt" or HAS_TENSORRT)
 
 #: How the engine produces an output step: cached per-frame features, or the seeds' way of
 #: re-encoding every sampled frame of the window.

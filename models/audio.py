@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
 from eri.errors import EriError
 from eri.models.spec import _from_dict
@@ -185,6 +184,8 @@ def _as_mono_float32(waveform: np.ndarray, what: str) -> np.ndarray:
 
 def _frames_from_windows(windows: np.ndarray, spec: AudioSpec) -> np.ndarray:
     """Features [n, n_coeffs] float32 of sample windows [n, n_fft] (a strided view is fine)."""
+    import scipy.fft  # here, not at the top: `import eri.models` needs no scipy (benchmarks/gpu.sh)
+
     basis = mel_basis(spec)
     window = hann_window(spec.n_fft)
     out = np.empty((windows.shape[0], spec.n_coeffs), dtype=np.float32)

@@ -11,22 +11,51 @@ itself so the normalisation travels inside its weights and its ONNX. Audio token
 :mod:`models.audio`. Missing audio is ``audio=None`` (or ``audio_present=0``), which every
 architecture turns into exactly the input its modality dropout produced in training: the
 fusion heads share one gate for that, :func:`gate_modalities`.
+
+Training support (docs/training.md): each architecture names its trainable **parts**
+(``parts()``; they may overlap) and ``freeze(part)`` stops their gradients and keeps their
+modules in eval mode even after ``model.train()`` (BatchNorm statistics and dropout stay fixed,
+so a frozen part gives the same features in training as in inference). ``audio_norm`` chooses
+how raw audio tokens are normalised: ``"token"`` (the architecture's own normalisation, the
+default) or ``"dataset"`` (a z-score with per-feature statistics from the training data,
+:meth:`StreamingModel.set_audio_stats`, stored as buffers so they travel in the weights and the
+ONNX). ``requires_pretrained_reason()`` says why a model cannot be trained as configured.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from eri.errors import EriError
 from eri.models.audio import AudioSpec
 from eri.models.layers import keep
 from eri.models.spec import CropSpec, WindowSpec
+from eri.models.weights import LoadReport, load_backbone_weights
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Values of the ``audio_norm`` option: the architecture's own per-token normalisation, or a
+#: z-score with dataset statistics (:meth:`StreamingModel.set_audio_stats`).
+AUDIO_NORMS = ("token", "dataset")
+#: Smallest standard deviation a dataset z-score divides by (a feature constant over the
+#: training data, such as zero padding, would otherwise divide by zero).
+AUDIO_STD_FLOOR = 1e-3
+
+
+class ModelConfigError(EriError, ValueError):
+    """A model option or training request the architecture cannot honour (one sentence)."""
 
 
 class StreamingModel(nn.Module):
@@ -37,6 +66,14 @@ class StreamingModel(nn.Module):
     default_audio: ClassVar[AudioSpec | None] = None
     #: D, the length of one frame's features.
     feature_dim: int
+    #: The window a model gets when its config names none.
+    default_window: ClassVar[WindowSpec] = WindowSpec()
+    #: Trainable parts: name -> attribute names of the modules / parameters it holds. Parts may
+    #: overlap (a parameter trains only while no frozen part holds it); attributes a config
+    #: leaves out (no audio branch) are skipped, and a part left empty is not offered.
+    PARTS: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Parts that are meant to hold pretrained weights whenever they are frozen.
+    PRETRAINED_PARTS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -53,6 +90,10 @@ class StreamingModel(nn.Module):
         self.audio_spec = audio
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # 1 once load_pretrained() filled the pretrained parts (saved with the weights).
+        self.register_buffer("pretrained_loaded", torch.zeros((), dtype=torch.int64))
+        self.audio_norm_mode = "token"
+        self._frozen: set[str] = set()
         self.config: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
@@ -63,7 +104,10 @@ class StreamingModel(nn.Module):
         window = config.pop("window", None)
         crop = config.pop("crop", None)
         audio = config.pop("audio", "default")
-        window = window if isinstance(window, WindowSpec) else WindowSpec.from_dict(window)
+        if window is None:
+            window = cls.default_window
+        elif not isinstance(window, WindowSpec):
+            window = WindowSpec.from_dict(window)
         crop = crop if isinstance(crop, CropSpec) else CropSpec.from_dict(crop)
         if isinstance(audio, str) and audio == "default":
             audio = cls.default_audio
@@ -74,7 +118,7 @@ class StreamingModel(nn.Module):
         valid = [n for n in params if n not in ("self", "window", "crop", "audio")]
         unknown = sorted(k for k in config if k not in valid)
         if unknown and not accepts_any:
-            raise ValueError(
+            raise ModelConfigError(
                 f"Architecture {cls.arch_name!r} has no option(s) {unknown}; "
                 f"valid options are: {', '.join(valid)}."
             )
@@ -100,6 +144,139 @@ class StreamingModel(nn.Module):
     @property
     def has_audio(self) -> bool:
         return self.audio_spec is not None
+
+    # ------------------------------------------------------------------ parts and freezing
+    def parts(self) -> tuple[str, ...]:
+        """Names of the parts :meth:`freeze` takes (those this config has)."""
+        return tuple(p for p in self.PARTS if any(True for _ in self._part_parameters(p)))
+
+    def _part_members(self, part: str) -> list[nn.Module | nn.Parameter]:
+        names = self.PARTS.get(part, ())
+        return [m for m in (getattr(self, n, None) for n in names) if m is not None]
+
+    def _part_parameters(self, part: str) -> Iterator[nn.Parameter]:
+        for member in self._part_members(part):
+            if isinstance(member, nn.Parameter):
+                yield member
+            else:
+                yield from member.parameters()
+
+    def frozen_parts(self) -> tuple[str, ...]:
+        """The parts frozen now, in :meth:`parts` order."""
+        return tuple(p for p in self.PARTS if p in self._frozen)
+
+    def freeze(self, part: str, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) one part: its parameters stop (or start) taking gradients and
+        its modules stay in eval mode, also after ``model.train()`` (see :meth:`train`), so
+        BatchNorm statistics and dropout in a frozen part never change. A parameter that
+        another frozen part also holds stays frozen. Optimizers should be built after freezing
+        (or skip parameters whose ``requires_grad`` is False)."""
+        if part not in self.parts():
+            raise ModelConfigError(
+                f"{self.arch_name} has no part {part!r} in this configuration; "
+                f"its parts are: {', '.join(self.parts())}."
+            )
+        if frozen:
+            self._frozen.add(part)
+        else:
+            self._frozen.discard(part)
+        still = {id(p) for q in self._frozen for p in self._part_parameters(q)}
+        for p in self._part_parameters(part):
+            p.requires_grad_(id(p) not in still)
+        self.train(self.training)  # re-apply the modes
+
+    def train(self, mode: bool = True) -> StreamingModel:
+        """Like ``nn.Module.train``, but the modules of frozen parts always stay in eval mode
+        (so a trainer's ``model.train()`` never moves their BatchNorm statistics)."""
+        super().train(mode)
+        for part in self._frozen:
+            for member in self._part_members(part):
+                if isinstance(member, nn.Module):
+                    member.eval()
+        return self
+
+    # ------------------------------------------------------------------ pretrained weights
+    @property
+    def pretrained(self) -> bool:
+        """Whether :meth:`load_pretrained` filled every pretrained part (saved in the weights)."""
+        return bool(self.pretrained_loaded.item())
+
+    def load_pretrained(self, path: str | Path) -> LoadReport:
+        """Load pretrained weights (torchvision-style backbone weights into ``backbone``; see
+        :func:`eri.models.weights.load_backbone_weights`) and record whether they filled it."""
+        report = load_backbone_weights(self, path)
+        self.pretrained_loaded.fill_(int(not report.missing))
+        return report
+
+    def requires_pretrained_reason(self) -> str | None:
+        """Why this model cannot be trained as it is (None when it can): a part of
+        :data:`PRETRAINED_PARTS` is frozen but holds no pretrained weights."""
+        frozen = [p for p in self.PRETRAINED_PARTS if p in self._frozen]
+        if not frozen or self.pretrained:
+            return None
+        return (
+            f"{self.arch_name}'s {frozen[0]} is frozen but holds random weights, so the "
+            "features it gives carry nothing to learn from; pass pretrained weights "
+            f"(--pretrained PATH) or train the {frozen[0]} too."
+        )
+
+    # ------------------------------------------------------------------ audio normalisation
+    def _init_audio_norm(self, audio_norm: str) -> None:
+        """Set the ``audio_norm`` mode; ``"dataset"`` adds the statistics buffers [F]
+        (identity until :meth:`set_audio_stats`)."""
+        if audio_norm not in AUDIO_NORMS:
+            raise ModelConfigError(
+                f"{self.arch_name} audio_norm must be one of {', '.join(AUDIO_NORMS)}, "
+                f"got {audio_norm!r}."
+            )
+        self.audio_norm_mode = audio_norm
+        if audio_norm == "dataset" and self.audio_spec is not None:
+            f = self.audio_spec.token_dim
+            self.register_buffer("audio_mean", torch.zeros(f))
+            self.register_buffer("audio_std", torch.ones(f))
+
+    @property
+    def uses_audio_stats(self) -> bool:
+        """True when the model z-scores audio tokens with dataset statistics."""
+        return self.has_audio and self.audio_norm_mode == "dataset"
+
+    def set_audio_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Store the dataset statistics of the raw audio tokens: mean [F], std [F] (floored at
+        :data:`AUDIO_STD_FLOOR`), as persistent buffers saved with the weights and baked into
+        the ONNX head. Only for ``audio_norm="dataset"``."""
+        if not self.uses_audio_stats:
+            what = "has no audio branch" if not self.has_audio else "uses audio_norm='token'"
+            raise ModelConfigError(
+                f"{self.arch_name} {what}, so it takes no audio statistics; build it with "
+                "audio_norm: dataset to z-score audio tokens with dataset statistics."
+            )
+        f = self.audio_spec.token_dim
+        m = torch.as_tensor(np.asarray(mean, dtype=np.float64))
+        s = torch.as_tensor(np.asarray(std, dtype=np.float64))
+        if m.shape != (f,) or s.shape != (f,):
+            raise ModelConfigError(
+                f"Audio statistics must be two arrays of {f} values (one per token feature), "
+                f"got {tuple(m.shape)} and {tuple(s.shape)}."
+            )
+        if not (torch.isfinite(m).all() and torch.isfinite(s).all() and (s >= 0).all()):
+            raise ModelConfigError(
+                "Audio statistics hold NaN, inf or a negative std; recompute them from the "
+                "training tokens."
+            )
+        with torch.no_grad():
+            self.audio_mean.copy_(m.to(self.audio_mean))
+            self.audio_std.copy_(s.clamp_min(AUDIO_STD_FLOOR).to(self.audio_std))
+
+    def dataset_audio_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T, F] -> (tokens - audio_mean) / audio_std [B, T, F].
+
+        Written as an inference BatchNorm over the feature axis so the ONNX graph holds one
+        ``BatchNormalization`` node: the fp16/int8 exports recognise it as the first
+        normalisation of the audio front and keep it (and the raw tokens) in fp32.
+        """
+        var = self.audio_std.square()
+        x = F.batch_norm(tokens.transpose(1, 2), self.audio_mean, var, None, None, False, 0.0, 0.0)
+        return x.transpose(1, 2)
 
     # ------------------------------------------------------------------ the split
     def normalize(self, faces: torch.Tensor) -> torch.Tensor:
@@ -176,7 +353,9 @@ def gate_modalities(
     their presence flags (None: present). Each branch becomes exactly zero where its flag is 0
     and, when ``dropout`` = (p_both, p_video) is given (training), where modality dropout drops
     it, so a modality missing at inference is exactly the input training-time dropout produced.
-    Returns visual alone, or [visual, audio] concatenated on the last axis.
+    Dropout never drops the only present modality: a window without audio keeps its visual
+    branch (and one without a face its audio), whatever the draw. Returns visual alone, or
+    [visual, audio] concatenated on the last axis.
     """
     shape = (-1,) + (1,) * (visual.dim() - 1)  # flags [B] broadcast over the branch output
     keep_v = presence(visual_present, visual).view(shape)
@@ -185,6 +364,7 @@ def gate_modalities(
     keep_a = presence(audio_present, visual).view(shape)
     if dropout is not None:
         mv, ma = modality_dropout_masks(visual.shape[0], *dropout, visual.device)
-        keep_v = keep_v * mv.view(shape)
-        keep_a = keep_a * ma.view(shape)
+        has_v, has_a = keep_v > 0, keep_a > 0
+        keep_v = keep_v * ((mv.view(shape) > 0) | ~has_a).to(keep_v.dtype)
+        keep_a = keep_a * ((ma.view(shape) > 0) | ~has_v).to(keep_a.dtype)
     return torch.cat([keep(visual, keep_v), keep(audio, keep_a)], dim=-1)

@@ -7,19 +7,28 @@ Per frame (``encode_frames``): an ImageNet CNN used as a feature extractor::
                          fc7, ReLU -> [4096]                                        (D = 4096)
 
 Per audio token (``encode_audio``, ``use_audio=True``): DeepSpectrum-style. A log-mel token of
-``stack`` frames x ``n_mels`` bins (8 x 128 = 1024 values, frame-major) becomes a one-channel
-[1, n_mels, stack] spectrogram image -> a small CNN (input BatchNorm, three conv3x3-BN-ReLU
-blocks with two 2x2 max pools, global average pool, Linear) -> [audio_dim] (A = 128).
+``stack`` frames x ``n_mels`` bins (8 x 128 = 1024 values, frame-major), z-scored with dataset
+statistics first when ``audio_norm="dataset"``, becomes a one-channel [1, n_mels, stack]
+spectrogram image -> a small CNN (input BatchNorm, three conv3x3-BN-ReLU blocks with two 2x2
+max pools, global average pool, Linear) -> [audio_dim] (A = 128). The CNN sees one token at a
+time, so its features are per token: the same numbers whether a window's T tokens are encoded
+together or one by one as they arrive (tested), and a live runner may cache them per token.
 
 Per window (``head``)::
 
-    visual LSTM over [B, T, D] -> last hidden state [B, hidden]
+    visual: LayerNorm(D) per frame -> LSTM over [B, T, D] -> last hidden state [B, hidden]
     audio LSTM over [B, T, A]  -> last hidden state [B, audio_hidden]  (zeroed when missing)
     concat -> Linear -> ReLU -> dropout -> Linear(7) -> sigmoid
 
+The frame LayerNorm is this project's addition: raw ImageNet features (2048/4096 values, up to
+~170 in magnitude) saturate the LSTM's gates, and the head collapsed to a constant output at
+lr 1e-3; normalised inside the head, the normalisation travels with the weights and the ONNX.
 The paper fuses without modality dropout; here training also applies the shared modality
 dropout to the two LSTM summaries, so "audio missing" (a zero audio summary) is an input the
 model was trained on.
+
+Parts: ``backbone`` (the ImageNet CNN; meant to be pretrained when frozen), ``visual`` (the
+backbone, the frame norm and the visual LSTM), ``audio`` (spectrogram CNN + LSTM), ``fusion``.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch
 from torch import nn
 
 from eri.models.audio import AudioSpec
-from eri.models.base import StreamingModel, gate_modalities
+from eri.models.base import ModelConfigError, StreamingModel, gate_modalities
 from eri.models.layers import resnet50, vgg16
 from eri.models.registry import register_model
 from eri.models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
@@ -85,6 +94,13 @@ class CnnLstm(StreamingModel):
 
     arch_name = "cnn_lstm"
     default_audio = AudioSpec(kind="logmel")  # 8 frames x 128 mels = 1024-d tokens
+    PARTS = {
+        "backbone": ("backbone",),
+        "visual": ("backbone", "visual_norm", "visual_lstm"),
+        "audio": ("audio_cnn", "audio_lstm"),
+        "fusion": ("fusion",),
+    }
+    PRETRAINED_PARTS = ("backbone",)
 
     def __init__(
         self,
@@ -102,12 +118,14 @@ class CnnLstm(StreamingModel):
         backbone_dropout: float = 0.5,
         p_both: float = 0.9,
         p_video: float = 0.5,
+        audio_norm: str = "token",
     ) -> None:
         if backbone not in BACKBONES:
-            raise ValueError(
+            raise ModelConfigError(
                 f"cnn_lstm backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}."
             )
         super().__init__(window=window, crop=crop, audio=audio if use_audio else None)
+        self._init_audio_norm(audio_norm)
         self.p_both = float(p_both)
         self.p_video = float(p_video)
 
@@ -120,6 +138,7 @@ class CnnLstm(StreamingModel):
             self.feature_dim = 4096
 
         # ---- per window
+        self.visual_norm = nn.LayerNorm(self.feature_dim)
         self.visual_lstm = nn.LSTM(self.feature_dim, hidden, batch_first=True)
         summary = hidden
         if self.audio_spec is not None:
@@ -143,6 +162,8 @@ class CnnLstm(StreamingModel):
         """Log-mel tokens [B, T, stack * n_mels] -> per-token CNN features [B, T, audio_dim]."""
         if not self.has_audio:
             return super().encode_audio(tokens)
+        if self.uses_audio_stats:
+            tokens = self.dataset_audio_norm(tokens)
         b, t = tokens.shape[:2]
         return self.audio_cnn(tokens.flatten(0, 1)).view(b, t, -1)
 
@@ -154,7 +175,7 @@ class CnnLstm(StreamingModel):
         visual_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """visual [B, T, D], audio [B, T, A] | None, presence [B] -> intensities [B, 7]."""
-        hv = self.visual_lstm(visual)[0][:, -1]  # [B, hidden]
+        hv = self.visual_lstm(self.visual_norm(visual))[0][:, -1]  # [B, hidden]
         ha = None
         if self.has_audio:
             if audio is None:  # missing: a zero summary, flagged absent

@@ -7,7 +7,10 @@ Per frame (``encode_frames``)::
     -> spatial Transformer encoder (4 blocks, 4 heads, d=256, pre-norm)
     -> attention pooling over the 49 tokens -> [256]                                (D = 256)
 
-Per audio token (``encode_audio``): the raw 1024-d stacked MFCC token -> LayerNorm(1024) (A=1024).
+Per audio token (``encode_audio``): the raw 1024-d stacked MFCC token -> LayerNorm(1024)
+(``audio_norm="token"``, the default) or a z-score with dataset statistics
+(``audio_norm="dataset"``, :meth:`~eri.models.base.StreamingModel.set_audio_stats`; keeps
+loudness, which a per-token LayerNorm hides) (A = 1024).
 
 Per window (``head``), for each branch (visual [B, T, 256], audio [B, T, 1024])::
 
@@ -20,6 +23,19 @@ kept with ``p_both``, else video alone with ``p_video``, else audio alone; alway
 flags > 0), concatenated [B, T, 256] -> LayerNorm -> attention aggregation over T ->
 Linear(256, 7) -> sigmoid. A gated branch is exactly zero, and audio ``None`` is a zero audio
 branch, so a missing modality at inference is exactly the input training-time dropout produced.
+
+Staged training, as in the paper (parts ``visual``, ``audio``, ``fusion``)::
+
+    v, a = model.branch_features(visual, audio)          # the two temporal encoders
+    model.branch_output("visual", v)                     # per-branch regression layer -> [B, 7]
+    model.fuse(v, a, visual_present, audio_present)      # the fusion above -> [B, 7]
+    model.head(visual, audio, ...) == model.fuse(*model.branch_features(visual, audio), ...)
+
+Each branch first trains alone through its own regression layer (attention pooling over T ->
+Linear(d, 7) -> sigmoid), then both are frozen (``model.freeze("visual")``, ...) and the fusion
+trains on their features. ``head`` (and so ``forward`` and the exports) never uses the branch
+regression layers: a DDP trainer that trains end to end needs ``find_unused_parameters=True``
+or those layers frozen.
 
 Choices not fixed by the paper:
 
@@ -41,7 +57,7 @@ import torch
 from torch import nn
 
 from eri.models.audio import AudioSpec
-from eri.models.base import StreamingModel, gate_modalities
+from eri.models.base import ModelConfigError, StreamingModel, gate_modalities
 from eri.models.layers import AttentionPool, TemporalConvNet, resnet18, transformer_encoder
 from eri.models.registry import register_model
 from eri.models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
@@ -93,6 +109,23 @@ class TemporalBranch(nn.Module):
         return self.encoder(y)
 
 
+class BranchRegressor(nn.Module):
+    """One branch's own regression layer: attention pooling over T -> Linear -> sigmoid.
+    [B, T, d] -> [B, 7]."""
+
+    def __init__(self, d: int, dropout: float) -> None:
+        super().__init__()
+        self.pool = AttentionPool(d)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(d, NUM_EMOTIONS)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.out(self.drop(self.pool(feats))))
+
+
+BRANCHES = ("visual", "audio")
+
+
 @register_model
 class DualBranch(StreamingModel):
     """Dual-branch (visual + MFCC audio) ERI model with modality-dropout fusion."""
@@ -100,6 +133,18 @@ class DualBranch(StreamingModel):
     arch_name = "dual_branch"
     default_audio = AudioSpec()  # 128 MFCC x 8 frames = 1024-d tokens
     feature_dim = 256
+    PARTS = {
+        "visual": (
+            "backbone",
+            "spatial_pos",
+            "spatial_encoder",
+            "spatial_pool",
+            "visual_temporal",
+            "visual_regressor",
+        ),
+        "audio": ("audio_norm", "audio_temporal", "audio_regressor"),
+        "fusion": ("fusion_norm", "temporal_pool", "out"),
+    }
 
     def __init__(
         self,
@@ -120,8 +165,10 @@ class DualBranch(StreamingModel):
         dropout: float = 0.1,
         p_both: float = 0.9,
         p_video: float = 0.5,
+        audio_norm: str = "token",
     ) -> None:
         super().__init__(window=window, crop=crop, audio=audio)
+        self._init_audio_norm(audio_norm)
         d = self.feature_dim
         self.p_both = float(p_both)
         self.p_video = float(p_video)
@@ -148,9 +195,12 @@ class DualBranch(StreamingModel):
         }
         t = window.num_samples
         self.visual_temporal = TemporalBranch(d, temporal_dim, t, **branch)
+        self.visual_regressor = BranchRegressor(temporal_dim, dropout)
         if audio is not None:
-            self.audio_norm = nn.LayerNorm(audio.token_dim)
+            if audio_norm == "token":
+                self.audio_norm = nn.LayerNorm(audio.token_dim)
             self.audio_temporal = TemporalBranch(audio.token_dim, temporal_dim, t, **branch)
+            self.audio_regressor = BranchRegressor(temporal_dim, dropout)
         fused = temporal_dim * (2 if audio is not None else 1)
 
         # ---- fusion
@@ -170,7 +220,44 @@ class DualBranch(StreamingModel):
         """Raw stacked MFCC tokens [B, T, F] -> per-token normalised [B, T, F] (A = F)."""
         if not self.has_audio:
             return super().encode_audio(tokens)
+        if self.uses_audio_stats:
+            return self.dataset_audio_norm(tokens)
         return self.audio_norm(tokens)
+
+    def branch_features(
+        self, visual: torch.Tensor | None, audio: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The temporal encoders: visual [B, T, 256], audio [B, T, A] | None (encoded tokens)
+        -> (v [B, T, d], a [B, T, d] | None); a is None without audio or an audio branch.
+        ``visual=None`` skips the visual encoder (v None), for training the audio branch."""
+        v = None if visual is None else self.visual_temporal(visual)
+        a = self.audio_temporal(audio) if audio is not None and self.has_audio else None
+        return v, a
+
+    def branch_output(self, name: str, feats: torch.Tensor) -> torch.Tensor:
+        """One branch alone: its features [B, T, d] -> its own regression [B, 7] in [0, 1]."""
+        if name not in BRANCHES or (name == "audio" and not self.has_audio):
+            offered = BRANCHES if self.has_audio else BRANCHES[:1]
+            raise ModelConfigError(
+                f"dual_branch has no branch {name!r}; choose {' or '.join(offered)}."
+            )
+        return getattr(self, f"{name}_regressor")(feats)
+
+    def fuse(
+        self,
+        v: torch.Tensor,
+        a: torch.Tensor | None,
+        visual_present: torch.Tensor | None = None,
+        audio_present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Modality-dropout fusion of the branch features: v [B, T, d], a [B, T, d] | None
+        (None = audio missing), presence [B] -> intensities [B, 7]."""
+        if self.has_audio and a is None:  # missing: a zero branch, flagged absent
+            a, audio_present = torch.zeros_like(v), v.new_zeros(v.shape[0])
+        dropout = (self.p_both, self.p_video) if self.training else None
+        fused = gate_modalities(v, a, visual_present, audio_present, dropout)  # [B, T, 2d | d]
+        pooled = self.temporal_pool(self.fusion_norm(fused))  # [B, 2d]
+        return torch.sigmoid(self.out(self.drop(pooled)))
 
     def head(
         self,
@@ -179,15 +266,7 @@ class DualBranch(StreamingModel):
         audio_present: torch.Tensor | None = None,
         visual_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """visual [B, T, 256], audio [B, T, A] | None, presence [B] -> intensities [B, 7]."""
-        v = self.visual_temporal(visual)  # [B, T, d]
-        a = None
-        if self.has_audio:
-            if audio is None:  # missing: a zero branch, flagged absent
-                a, audio_present = torch.zeros_like(v), v.new_zeros(v.shape[0])
-            else:
-                a = self.audio_temporal(audio)
-        dropout = (self.p_both, self.p_video) if self.training else None
-        fused = gate_modalities(v, a, visual_present, audio_present, dropout)  # [B, T, 2d | d]
-        pooled = self.temporal_pool(self.fusion_norm(fused))  # [B, 2d]
-        return torch.sigmoid(self.out(self.drop(pooled)))
+        """visual [B, T, 256], audio [B, T, A] | None, presence [B] -> intensities [B, 7];
+        exactly ``fuse(*branch_features(visual, audio), visual_present, audio_present)``."""
+        v, a = self.branch_features(visual, audio)
+        return self.fuse(v, a, visual_present, audio_present)

@@ -4,26 +4,36 @@ Per frame (``encode_frames``), a multi-task DAN (Wen et al., "Distract Your Atte
 Multi-head Cross Attention Network for Facial Expression Recognition")::
 
     face [3, 112, 112] -> ImageNet normalisation -> ResNet18 conv1..layer4 -> x [512, 4, 4]
-    EXPR: num_heads cross-attention heads on x -> [H, 512] -> log_softmax over heads -> sum
-          -> Linear(512, 8) -> BatchNorm1d -> softmax                                [8]
-    AU:   its own num_heads heads on x, same fusion -> Linear(512, 12) -> BatchNorm1d
-          -> sigmoid                                                                 [12]
-    VA:   global average pool of x -> Linear(512, 2) -> tanh                          [2]
+    EXPR attention: num_heads cross-attention heads on x -> [H, 512] -> log_softmax over
+                    heads -> sum -> e [512]
+    AU attention:   its own num_heads heads on x, same fusion -> u [512]
+    shared feature: [e, u] [1024], fed to every task head (as in the paper):
+        EXPR: Linear(1024, 8) -> BatchNorm1d -> softmax                             [8]
+        AU:   Linear(1024, 12) -> BatchNorm1d -> sigmoid                            [12]
+        VA:   Linear(1024, 2) -> tanh                                               [2]
     -> concat                                                                   (D = 22)
 
 Each cross-attention head is DAN's SpatialAttention (1x1 conv 512->256 + BN, then 3x3, 1x3 and
 3x1 convs 256->512 + BN summed, ReLU, summed over channels into one map that multiplies x)
 followed by ChannelAttention (GAP -> Linear(512, 32) -> BN -> ReLU -> Linear(32, 512) ->
 sigmoid, scaling the pooled vector). Module names follow DAN's code (``cat_head{i}.sa.conv1x1.0``,
-``fc``, ``bn``) so DAN head weights load by name.
+``fc``, ``bn``) so DAN attention weights load by name.
 
-As in the paper the MTL-DAN is a frozen feature extractor (``freeze_frame_encoder=True``): its
-parameters do not train and it stays in eval mode (BatchNorm running statistics) even while the
-model trains. Per window (``head``): LSTM over [B, T, 22] -> last hidden state -> Linear(7) ->
-sigmoid. No audio.
+As in the paper the MTL-DAN is a frozen feature extractor (``freeze_frame_encoder=True``, the
+part ``frame_encoder``): its parameters do not train and it stays in eval mode (BatchNorm
+running statistics) even while the model trains. Frozen, it must hold pretrained MTL-DAN
+weights (:meth:`MtlDan.load_pretrained`): at random initialisation it gives every face a
+one-hot EXPR and 0/1 AUs (its 22 features hardly vary from face to face), so training refuses it
+(:meth:`MtlDan.requires_pretrained_reason`); ``freeze_frame_encoder=False`` trains it end to
+end instead. Per window (``head``): LSTM over [B, T, 22] -> last hidden state -> Linear(7) ->
+sigmoid. No audio. The default window samples about one frame a second, 12 over 12 s, as the
+paper samples about 12 frames per clip.
 """
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +44,15 @@ from eri.models.base import StreamingModel, presence
 from eri.models.layers import keep, resnet18
 from eri.models.registry import register_model
 from eri.models.spec import NUM_EMOTIONS, CropSpec, WindowSpec
+from eri.models.weights import LoadReport, load_into, read_state_dict
+
+log = logging.getLogger(__name__)
 
 NUM_EXPR = 8  # Aff-Wild2 EXPR: neutral, anger, disgust, fear, happiness, sadness, surprise, other
 NUM_AU = 12  # Aff-Wild2 AUs 1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26
 NUM_VA = 2
+#: The shared feature: the EXPR and AU attention features concatenated.
+SHARED_DIM = 2 * 512
 
 
 class SpatialAttention(nn.Module):
@@ -104,25 +119,40 @@ class CrossAttentionHead(nn.Module):
         return self.ca(self.sa(x))
 
 
+def init_task_linear(fc: nn.Linear) -> None:
+    """Task layers read the shared feature, whose entries reach ~3e4 at random initialisation
+    (the spatial attention sums 512 channels): initialised like DAN's attention Linear layers
+    (normal, std 0.001). With torch's default init the untrained logits reach ~4e3, and the
+    float32 summation order alone (torch vs ONNX Runtime) moved an AU output by 1.5e-4; now
+    they stay ~3e2 and it moves by 3e-8. Pretrained weights replace all of this."""
+    nn.init.normal_(fc.weight, std=0.001)
+    nn.init.zeros_(fc.bias)
+
+
 class DanTaskHead(nn.Module):
     """DAN's multi-head cross attention for one task: ``num_heads`` heads, log-softmax across
-    heads, summed, ``fc`` -> ``bn``. [N, 512, h, w] -> logits [N, num_classes]."""
+    heads, summed (:meth:`features`, [N, 512, h, w] -> [N, 512]); then ``fc`` -> ``bn`` on the
+    shared feature (:meth:`classify`, [N, 1024] -> logits [N, num_classes])."""
 
-    def __init__(self, num_classes: int, num_heads: int = 4) -> None:
+    def __init__(self, num_classes: int, num_heads: int = 4, in_features: int = SHARED_DIM) -> None:
         super().__init__()
         self.num_heads = num_heads
         for i in range(num_heads):
             setattr(self, f"cat_head{i}", CrossAttentionHead())
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(in_features, num_classes)
         self.bn = nn.BatchNorm1d(num_classes)
+        init_task_linear(self.fc)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         heads = torch.stack(
             [getattr(self, f"cat_head{i}")(x) for i in range(self.num_heads)], dim=1
         )  # [N, H, 512]
         if self.num_heads > 1:
             heads = F.log_softmax(heads, dim=1)
-        return self.bn(self.fc(heads.sum(dim=1)))
+        return heads.sum(dim=1)
+
+    def classify(self, shared: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.fc(shared))
 
 
 @register_model
@@ -131,7 +161,13 @@ class MtlDan(StreamingModel):
 
     arch_name = "mtl_dan"
     default_audio = None
+    default_window = WindowSpec(num_samples=12, context_s=12.0)
     feature_dim = NUM_EXPR + NUM_AU + NUM_VA  # 22
+    PARTS = {
+        "frame_encoder": ("backbone", "expr_head", "au_head", "va_fc"),
+        "temporal": ("lstm", "fc"),
+    }
+    PRETRAINED_PARTS = ("frame_encoder",)
 
     def __init__(
         self,
@@ -151,35 +187,58 @@ class MtlDan(StreamingModel):
         self.backbone = resnet18()  # conv1..layer4 -> [512, 4, 4]; pooled 512-d, no fc
         self.expr_head = DanTaskHead(NUM_EXPR, num_heads)
         self.au_head = DanTaskHead(NUM_AU, num_heads)
-        self.va_fc = nn.Linear(512, NUM_VA)
-        if self.freeze_frame_encoder:
-            for module in self.frame_encoder_modules():
-                module.requires_grad_(False)
-                module.eval()
+        self.va_fc = nn.Linear(SHARED_DIM, NUM_VA)
+        init_task_linear(self.va_fc)
 
         # ---- per window
         self.lstm = nn.LSTM(self.feature_dim, hidden, batch_first=True)
         self.fc = nn.Linear(hidden, NUM_EMOTIONS)
+        if self.freeze_frame_encoder:
+            self.freeze("frame_encoder")
 
     def frame_encoder_modules(self) -> list[nn.Module]:
-        """The MTL-DAN's modules (frozen when ``freeze_frame_encoder``)."""
-        return [self.backbone, self.expr_head, self.au_head, self.va_fc]
+        """The MTL-DAN's modules (the part ``frame_encoder``)."""
+        return [getattr(self, n) for n in self.PARTS["frame_encoder"]]
 
-    def train(self, mode: bool = True) -> MtlDan:
-        """Like ``nn.Module.train``, but a frozen MTL-DAN always stays in eval mode."""
-        super().train(mode)
-        if self.freeze_frame_encoder:
-            for module in self.frame_encoder_modules():
-                module.eval()
-        return self
+    def load_pretrained(self, path: str | Path) -> LoadReport:
+        """Pretrained weights for the MTL-DAN: a file with its attention heads
+        (``expr_head.*``/``au_head.*``, this module's names) fills the whole frame encoder and
+        marks the model pretrained when nothing was missing; any other file is taken as
+        ResNet18 backbone weights (the heads keep their random initialisation, so a frozen
+        frame encoder is still refused)."""
+        state = read_state_dict(path)
+        if not any(("expr_head." in k or "au_head." in k) for k in state):
+            report = super().load_pretrained(path)
+            self.pretrained_loaded.fill_(0)
+            return report
+        encoder = nn.ModuleDict({n: getattr(self, n) for n in self.PARTS["frame_encoder"]})
+        report = load_into(encoder, state, source=str(path), strict=False)
+        self.pretrained_loaded.fill_(int(not report.missing))
+        log.info("MTL-DAN weights from %s: %s", path, report.summary())
+        if report.missing:
+            log.warning("MTL-DAN tensors not in %s (left random): %s", path, report.missing)
+        return report
+
+    def requires_pretrained_reason(self) -> str | None:
+        """The sentence refusing to train a frozen MTL-DAN without pretrained weights."""
+        if "frame_encoder" not in self.frozen_parts() or self.pretrained:
+            return None
+        return (
+            "mtl_dan's frame encoder (the MTL-DAN) is frozen but holds no pretrained MTL-DAN "
+            "weights: at random initialisation it gives every face a one-hot expression and "
+            "0/1 action units, so most of its 22 features never vary and the LSTM has nothing "
+            "to learn from; pass pretrained MTL-DAN weights (--pretrained PATH) or set "
+            "freeze_frame_encoder: false to train it end to end."
+        )
 
     # ------------------------------------------------------------------ the split
     def encode_frames(self, faces: torch.Tensor) -> torch.Tensor:
         """faces [N, 3, S, S] in [0, 1] -> [N, 22] = EXPR probs 8 | AU probs 12 | VA 2."""
         x = self.backbone.forward_features(self.normalize(faces))  # [N, 512, h, w]
-        expr = torch.softmax(self.expr_head(x), dim=-1)
-        au = torch.sigmoid(self.au_head(x))
-        va = torch.tanh(self.va_fc(torch.flatten(self.backbone.avgpool(x), 1)))
+        shared = torch.cat([self.expr_head.features(x), self.au_head.features(x)], dim=-1)
+        expr = torch.softmax(self.expr_head.classify(shared), dim=-1)
+        au = torch.sigmoid(self.au_head.classify(shared))
+        va = torch.tanh(self.va_fc(shared))
         return torch.cat([expr, au, va], dim=-1)
 
     def head(

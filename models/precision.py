@@ -6,7 +6,10 @@ backend feeds every precision the same arrays. Two kinds of node stay in fp32 (t
 ``node_block_list``, wrapped in Casts):
 
 - the audio front of the head: every op from ``audio_tokens`` up to and including the first
-  normalisation (:func:`audio_norm_nodes`, found in the graph). Raw MFCC tokens reach ~1130 in
+  normalisation (:func:`audio_norm_nodes`, found in the graph): the per-token LayerNorm, or
+  for ``audio_norm="dataset"`` the z-score with the stored statistics (one inference
+  ``BatchNormalization``, whose means and variances, up to ~1e5, stay fp32 too:
+  :func:`keep_fp32_initializers`). Raw MFCC tokens reach ~1130 in
   magnitude (silence is -100 dB, so c0 = -100 * sqrt(128)); their square overflows fp16 and an
   fp16 mean-subtraction of values that large loses ~0.5 absolute. ONNX Runtime's CPU LayerNorm
   happens to accumulate in fp32, but other runtimes (TensorRT) need not;
@@ -320,6 +323,50 @@ def set_metadata(proto, values: Mapping[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
+def keep_fp32_initializers(converted, original, blocked: set[str]) -> list[str]:
+    """Put back the fp32 values of the initializers that only nodes kept in fp32 read.
+
+    The converter turns every initializer into fp16, clipped to +-1e4, including those of the
+    blocked nodes (it renames their inputs to Casts first, so its own check misses them): the
+    dataset audio statistics (means ~ -600, variances ~1e5) would lose their scale. An
+    initializer is restored when, in ``original``, only ``blocked`` nodes read it and, in
+    ``converted``, only those nodes or Casts to float do. Returns the restored names."""
+    from onnx import TensorProto
+
+    def readers(proto) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for node in proto.graph.node:
+            for name in node.input:
+                out.setdefault(name, []).append(node)
+        return out
+
+    def casts_to_float(node) -> bool:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        return node.op_type == "Cast" and to == TensorProto.FLOAT
+
+    before, after = readers(original), readers(converted)
+    fp32 = {
+        init.name: init
+        for init in original.graph.initializer
+        if init.data_type == TensorProto.FLOAT
+        and before.get(init.name)
+        and all(node.name in blocked for node in before[init.name])
+    }
+    restored = []
+    for init in converted.graph.initializer:
+        src = fp32.get(init.name)
+        if src is None or init.data_type == TensorProto.FLOAT:
+            continue
+        if all(n.name in blocked or casts_to_float(n) for n in after.get(init.name, [])):
+            init.CopyFrom(src)
+            restored.append(init.name)
+    names = set(restored)
+    for info in (*converted.graph.value_info, *converted.graph.input):
+        if info.name in names:
+            info.type.tensor_type.elem_type = TensorProto.FLOAT
+    return restored
+
+
 def to_fp16(
     src_onnx: str | Path,
     dst_onnx: str | Path,
@@ -349,6 +396,8 @@ def to_fp16(
         converted = float16.convert_float_to_float16(
             proto, keep_io_types=True, node_block_list=list(blocked)
         )
+    restored = keep_fp32_initializers(converted, proto, set(blocked))
+    log.debug("fp16: kept %d initializer(s) of fp32 nodes in fp32", len(restored))
     set_metadata(converted, {PRECISION_KEY: "fp16", FP32_NODES_KEY: json.dumps(list(blocked))})
     _save_checked(converted, dst)
     log.info("fp16: %s -> %s (%d node(s) kept in fp32)", src.name, dst, len(blocked))

@@ -1,4 +1,4 @@
-"""Inference backends behind one interface: ``torch``, ``onnxruntime`` (and ``tensorrt``).
+"""Inference backends behind one interface: ``torch``, ``onnxruntime`` and ``tensorrt``.
 
 Each backend runs the two graphs of the streaming split on numpy arrays, positionally:
 
@@ -8,11 +8,18 @@ Each backend runs the two graphs of the streaming split on numpy arrays, positio
 
 The ONNX tensor names stay inside :class:`OnnxRuntimeBackend`. Heavy runtimes are imported
 lazily so a CPU-only install imports cleanly; the ONNX export cache is in :mod:`models.export`.
+The TensorRT backend lives in :mod:`eri.realtime.backend_tensorrt`, torch's CUDA graphs in
+:mod:`eri.realtime.cuda_graph`. ``auto`` (:func:`choose_backend`) picks a TensorRT engine that
+matches this GPU and TensorRT version, else torch on CUDA, else ONNX Runtime on the CPU, and
+says why.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +75,8 @@ class Backend:
     name: str = "?"
     precision: str = "fp32"
     device: str = "cpu"
+    #: Why ``auto`` picked this backend ("" when it was named).
+    reason: str = ""
 
     def __init__(self, bundle: Any) -> None:
         self.bundle = bundle
@@ -114,18 +123,36 @@ class Backend:
         return f"{self.name} {self.precision} on {self.device}"
 
 
+def cpu_threads() -> int:
+    """Intra-op threads for live inference (viewer, recorder) on the CPU when none are asked
+    for: all cores but one, which capture, face tracking, drawing and encoding need (1 on a
+    2-core machine). OpenMP threads wait for each other at every op, so beside other CPU-bound
+    work a descheduled one stalls the rest (2 cores, 2 busy processes: torch with 2 threads
+    1-1.5 frames/s, with 1 thread 6-8; docs/benchmarks.md, "Under contention"). Offline runs
+    (analyze, benchmark) keep the runtime's default, which is faster on an idle machine."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class TorchBackend(Backend):
     """The bundle's torch model, on CUDA when available (or as asked), else the CPU.
 
     fp32 everywhere; fp16 on CUDA only, through autocast (which keeps reductions such as
     LayerNorm and softmax in fp32, as the fp16 ONNX keeps the raw audio front); int8 runs from
-    the Q/DQ ONNX export, in ONNX Runtime.
+    the Q/DQ ONNX export, in ONNX Runtime. On CUDA each call shape that repeats (the streaming
+    step's) is captured in a CUDA graph (:mod:`eri.realtime.cuda_graph`) unless ``graphs`` is
+    False.
     """
 
     name = "torch"
 
     def __init__(
-        self, bundle: Any, device: str | None = None, threads: int = 0, precision: str = "fp32"
+        self,
+        bundle: Any,
+        device: str | None = None,
+        threads: int = 0,
+        precision: str = "fp32",
+        *,
+        graphs: bool = True,
     ) -> None:
         super().__init__(bundle)
         import torch
@@ -142,12 +169,26 @@ class TorchBackend(Backend):
                 f"The torch backend runs fp16 only on CUDA, not on {device}; use --backend "
                 "onnxruntime for --precision fp16."
             )
+        if precision == "fp16" and device.startswith("cuda"):
+            from eri.models.engine import MIN_CAPABILITY
+
+            capability = torch.cuda.get_device_capability(device)
+            if capability < MIN_CAPABILITY["fp16"]:
+                raise BackendError(
+                    f"{torch.cuda.get_device_name(device)} (compute capability "
+                    f"{capability[0]}.{capability[1]}) has no fp16 support; run --precision fp32."
+                )
         if threads:
             torch.set_num_threads(threads)
         self.device = device
         self.precision = precision
         self.model = self.model.to(self.device).eval()
         self.graph = head_graph(self.model)
+        self.graphs = None
+        if graphs and device.startswith("cuda"):
+            from eri.realtime.cuda_graph import GraphedModel
+
+            self.graphs = GraphedModel(self.model, self.graph, precision)
 
     def _autocast(self):
         torch = self._torch
@@ -155,16 +196,24 @@ class TorchBackend(Backend):
 
     def encode_frames(self, faces: np.ndarray) -> np.ndarray:
         torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(faces, np.float32)).to(self.device)
+        if self.graphs is not None:
+            return self.graphs("encode", x).float().cpu().numpy()
         with torch.inference_mode(), self._autocast():
-            x = torch.from_numpy(np.ascontiguousarray(faces)).to(self.device)
             return self.model.encode_frames(x).float().cpu().numpy()
 
     def head(self, visual, audio_tokens, audio_present, visual_present) -> np.ndarray:
         torch = self._torch
         args = self._head_args(visual, audio_tokens, audio_present, visual_present)
+        t = [torch.from_numpy(a).to(self.device) for a in args]
+        if self.graphs is not None:
+            return self.graphs("head", *t).float().cpu().numpy()
         with torch.inference_mode(), self._autocast():
-            t = [torch.from_numpy(a).to(self.device) for a in args]
             return self.graph(*t).float().cpu().numpy()
+
+    def describe(self) -> str:
+        graphs = ", CUDA graphs" if self.graphs is not None and not self.graphs.failed else ""
+        return f"{self.name} {self.precision} on {self.device}{graphs}"
 
 
 class OnnxRuntimeBackend(Backend):
@@ -209,25 +258,121 @@ class OnnxRuntimeBackend(Backend):
         return self.head_session.run([INTENSITIES], feed)[0]
 
 
+@dataclass(frozen=True)
+class BackendChoice:
+    """What ``auto`` runs (``name``), why (``reason``, one line), and the engines it found."""
+
+    name: str
+    reason: str
+    engines: dict[str, Path] | None = None
+
+
+def choose_backend(
+    bundle: Any,
+    precision: str,
+    *,
+    cuda: bool,
+    engine_device: Any = None,
+    no_engine: str = "TensorRT is not installed",
+) -> BackendChoice:
+    """``auto``'s pick: the bundle's TensorRT engines at ``precision`` when they match
+    ``engine_device`` (:class:`~eri.models.engine.EngineDevice`; None: no TensorRT here, because
+    ``no_engine``), else torch on CUDA (fp32, fp16) when ``cuda``, else ONNX Runtime on the CPU.
+    An engine for another GPU or TensorRT version is refused, and its sentence is the reason."""
+    why: list[str] = []
+    if engine_device is not None:
+        from eri.realtime.variants import find_engines
+
+        lookup = find_engines(bundle, precision, engine_device)
+        for refusal in lookup.refused:  # an engine for another GPU or TensorRT version
+            log.warning("%s", refusal)
+        if lookup.paths is not None:
+            reason = f"{lookup.why} match {engine_device.describe()}"
+            return BackendChoice("tensorrt", reason, lookup.paths)
+        why.append(lookup.why)
+    else:
+        why.append(no_engine)
+    if cuda and precision != "int8":
+        return BackendChoice("torch", "torch on CUDA: " + "; ".join(why))
+    why.append("torch does not run int8" if cuda else "no CUDA GPU")
+    return BackendChoice("onnxruntime", "ONNX Runtime on the CPU: " + "; ".join(why))
+
+
+def auto_backend(bundle: Any, precision: str) -> BackendChoice:
+    """:func:`choose_backend` for this machine (its GPU, TensorRT, engines)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device, no_engine = None, "TensorRT is not installed"
+    if "tensorrt" in BACKENDS and not cuda:
+        no_engine = "TensorRT needs a CUDA GPU"
+    elif "tensorrt" in BACKENDS:
+        from eri.models.engine import current_device
+
+        try:
+            device = current_device()
+        except EriError as exc:
+            no_engine = str(exc)
+    return choose_backend(bundle, precision, cuda=cuda, engine_device=device, no_engine=no_engine)
+
+
 def create_backend(
-    bundle: Any, name: str = "auto", precision: str = "fp32", threads: int = 0
+    bundle: Any,
+    name: str = "auto",
+    precision: str = "fp32",
+    threads: int = 0,
+    *,
+    graphs: bool = True,
 ) -> Backend:
     """The backend ``name`` for ``bundle`` at ``precision`` (``eri.choices``); ``auto`` picks
-    torch on CUDA (fp32, fp16), else ONNX Runtime. A precision the backend cannot run, or whose
-    export is missing, is an :class:`~eri.errors.EriError` saying what to do."""
+    as :func:`choose_backend` says, logs why and keeps it in ``backend.reason``; an engine that
+    fails to load there falls back to the next backend. A precision the backend cannot run, or
+    whose export or engine is missing, is an :class:`~eri.errors.EriError` saying what to do.
+    ``graphs=False`` keeps torch on CUDA eager (the benchmark compares both)."""
     if precision not in available_precisions():
         raise BackendError(
             f"Unknown precision {precision!r}; choose one of: {', '.join(available_precisions())}."
         )
+    reason = ""
     if name == "auto":
-        import torch
+        choice = auto_backend(bundle, precision)
+        if choice.name == "tensorrt":
+            from eri.realtime.backend_tensorrt import TensorRTBackend
 
-        name = "torch" if torch.cuda.is_available() and precision != "int8" else "onnxruntime"
+            try:
+                backend = TensorRTBackend(bundle, precision, engines=choice.engines)
+            except EriError as exc:
+                import torch
+
+                log.warning("%s", exc)
+                choice = choose_backend(
+                    bundle, precision, cuda=torch.cuda.is_available(), no_engine=str(exc)
+                )
+            else:
+                backend.reason = f"auto picked tensorrt: {choice.reason}"
+                log.info("%s", backend.reason)
+                return backend
+        name, reason = choice.name, f"auto picked {choice.name}: {choice.reason}"
+        log.info("%s", reason)
     if name == "torch":
-        return TorchBackend(bundle, threads=threads, precision=precision)
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(bundle, threads=threads, precision=precision)
-    raise BackendError(f"Unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}.")
+        backend = TorchBackend(bundle, threads=threads, precision=precision, graphs=graphs)
+    elif name == "onnxruntime":
+        backend = OnnxRuntimeBackend(bundle, threads=threads, precision=precision)
+    elif name == "tensorrt" and "tensorrt" in BACKENDS:
+        from eri.realtime.backend_tensorrt import TensorRTBackend
+
+        backend = TensorRTBackend(bundle, precision)
+    else:
+        hint = (
+            " (tensorrt needs `pip install 'eri-live[tensorrt]'` on a machine with an NVIDIA GPU)"
+            if name == "tensorrt"
+            else ""
+        )
+        raise BackendError(
+            f"Unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}{hint}."
+        )
+    backend.reason = reason
+    return backend
 
 
 class BackendError(EriError, ValueError):

@@ -5,10 +5,19 @@ Each run decodes ``WARMUP`` frames untimed, then times ``frames`` more. The offl
 frames in batches of ``OFFLINE_BATCH``, so outputs arrive in bursts: the warm-up and the measured
 frames are whole batches, and a run with fewer than ``MIN_FRAMES`` measured frames (a short
 file) reports its FPS as not measured rather than a number dominated by one burst.
+
+Beside the pipeline rows, a model-only table (:func:`model_rows`) times the output step alone
+(batch 1: streaming = encode one frame + head, recompute = encode T frames + head) for every
+backend, device and precision this version has: torch on the CPU, torch on CUDA eager and
+with CUDA graphs, ONNX Runtime, TensorRT; a row that cannot run here says why in its status.
+On CUDA the device is synchronised before every model-only timestamp; the pipeline rows'
+backends return host arrays, so each stage's time already ends after the device's work.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import json
 import logging
@@ -23,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from eri.choices import BACKENDS, ENGINE_MODES
 from eri.errors import EriError
 from eri.models.bundle import Bundle
 from eri.models.export import (
@@ -54,8 +64,20 @@ DEFAULT_FRAMES = 64
 DEFAULT_REPEATS = 2
 DEFAULT_BACKENDS = ("onnxruntime",)
 DEFAULT_MODES = ("streaming", "recompute")
-#: Batch-1 model-only steps timed per configuration (after 3 untimed ones).
+#: Batch-1 model-only steps timed per configuration (after 3 untimed ones): at least
+#: MODEL_STEPS, more until MODEL_SECONDS have passed (fast GPU steps get a real p99), at most
+#: MODEL_MAX_STEPS.
 MODEL_STEPS = 10
+MODEL_SECONDS = 0.5
+MODEL_MAX_STEPS = 2000
+#: The model-only table's configurations: (backend, device, CUDA graphs).
+MODEL_CONFIGS: tuple[tuple[str, str, bool], ...] = (
+    ("torch", "cpu", False),
+    ("torch", "cuda", False),
+    ("torch", "cuda", True),
+    ("onnxruntime", "cpu", False),
+    ("tensorrt", "cuda", True),
+)
 
 
 @dataclass
@@ -117,9 +139,19 @@ def _open(source: str, frames: int, realtime: bool, pace_fps: float | None):
     return src
 
 
+def synchronizer(backend) -> Any:
+    """A function that waits for the backend's device (``torch.cuda.synchronize`` on CUDA; a
+    no-op on the CPU): called before every timestamp."""
+    if not str(getattr(backend, "device", "cpu")).startswith("cuda"):
+        return lambda: None
+    import torch
+
+    return torch.cuda.synchronize
+
+
 def model_only_ms(backend, bundle: Bundle, mode: str, repeats: int = MODEL_STEPS) -> list[float]:
-    """Model time of one output step [repeats] ms: streaming = encode 1 frame + head;
-    recompute = encode T frames + head."""
+    """Model time of one output step [n] ms: streaming = encode 1 frame + head; recompute =
+    encode T frames + head; ``repeats`` steps at least, more up to :data:`MODEL_SECONDS`."""
     model = bundle.model
     n = model.window.num_samples if mode == "recompute" else 1
     faces = example_inputs(model, n)[FACES]
@@ -130,16 +162,105 @@ def model_only_ms(backend, bundle: Bundle, mode: str, repeats: int = MODEL_STEPS
         example.get(AUDIO_PRESENT),
         example[VISUAL_PRESENT],
     )
+    sync = synchronizer(backend)
     for _ in range(3):
         backend.encode_frames(faces)
         backend.head(*head_args)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (
+        sum(times) < MODEL_SECONDS * 1e3 and len(times) < MODEL_MAX_STEPS
+    ):
+        sync()
         t0 = time.perf_counter()
         backend.encode_frames(faces)
         backend.head(*head_args)
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def _on_cpu(bundle: Bundle) -> Bundle:
+    """``bundle``, or a copy whose model is on the CPU (a torch CUDA row moved it), so that
+    exports and copies start from the CPU."""
+    if all(p.device.type == "cpu" for p in bundle.model.parameters()):
+        return bundle
+    return dataclasses.replace(bundle, model=copy.deepcopy(bundle.model).cpu())
+
+
+def _model_backend(
+    bundle: Bundle,
+    backend: str,
+    device: str,
+    graphs: bool,
+    precision: str,
+    threads: int,
+    built: dict[tuple[str, str], Any],
+) -> Any:
+    """The backend of one model-only row, reusing the pipeline rows' ONNX Runtime and TensorRT
+    backends; an exception (its message the row's status) when it cannot run here."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EriError("no CUDA GPU")
+    if backend != "torch":
+        if (backend, precision) not in built:
+            if backend == "tensorrt" and backend not in BACKENDS:
+                raise EriError(
+                    "TensorRT is not installed (pip install 'eri-live[tensorrt]' on a machine "
+                    "with an NVIDIA GPU)"
+                )
+            try:
+                built[(backend, precision)] = create_backend(bundle, backend, precision, threads)
+            except (EriError, ImportError) as exc:
+                built[(backend, precision)] = exc
+        if isinstance(built[(backend, precision)], Exception):
+            raise built[(backend, precision)]
+        return built[(backend, precision)]
+    from eri.realtime.backends import TorchBackend
+
+    # A copy of the model per torch row: the backend moves its model to its device.
+    own = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
+    return TorchBackend(own, device=device, threads=threads, precision=precision, graphs=graphs)
+
+
+def model_rows(
+    bundle: Bundle,
+    precisions: list[str],
+    modes: list[str],
+    *,
+    threads: int = 0,
+    built: dict[tuple[str, str], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The model-only table: one row per :data:`MODEL_CONFIGS` entry x precision x engine mode
+    in ``modes``, with the batch-1 step's p50/p95/p99 ms and steps per second, or a status
+    saying why it could not run here."""
+    built = {} if built is None else built
+    rows = []
+    bundle = _on_cpu(bundle)
+    for (backend, device, graphs), precision in itertools.product(MODEL_CONFIGS, precisions):
+        base = {"backend": backend, "device": device, "graphs": graphs, "precision": precision}
+        try:
+            runner = _model_backend(bundle, backend, device, graphs, precision, threads, built)
+        except (EriError, ImportError) as exc:
+            for mode in (m for m in modes if m in ENGINE_MODES):
+                rows.append({**base, "mode": mode, "status": f"unavailable: {exc}"})
+            continue
+        for mode in (m for m in modes if m in ENGINE_MODES):
+            log.info("model only: %s %s %s %s", backend, runner.device, precision, mode)
+            step = model_only_ms(runner, bundle, mode)
+            rows.append(
+                {
+                    **base,
+                    "device": runner.device,
+                    "mode": mode,
+                    "status": "ok",
+                    "steps": len(step),
+                    "step_ms": percentiles(step),
+                    "steps_per_s": 1e3 / float(np.median(step)),
+                }
+            )
+    return rows
 
 
 def run_once(
@@ -312,6 +433,7 @@ def benchmark(
             )
         rows[i] = row
     ordered = [rows[i] for i in range(len(configs))]
+    model = model_rows(bundle, precisions, modes, threads=threads, built=built)
     return {
         "device": device_info(),
         "model": bundle.name,
@@ -323,6 +445,7 @@ def benchmark(
         "repeats": repeats,
         "pace_fps": pace_fps,
         "rows": ordered,
+        "model_rows": model,
         "ratios": _ratios(ordered),
     }
 
@@ -393,6 +516,29 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("")
     for k, v in result["ratios"].items():
         lines.append(f"- {k}: {v:.1f}x")
+    if result.get("model_rows"):
+        lines += ["", format_model_table(result["model_rows"])]
+    return "\n".join(lines)
+
+
+def format_model_table(rows: list[dict[str, Any]]) -> str:
+    """The model-only rows as a Markdown table."""
+    lines = [
+        "| backend | device | precision | mode | status | model step p50 / p95 / p99 ms "
+        "| steps/s |",
+        "|" + "---|" * 7,
+    ]
+    for r in rows:
+        name = r["backend"] + (" (CUDA graphs)" if r["graphs"] and r["backend"] == "torch" else "")
+        head = f"| {name} | {r['device']} | {r['precision']} | {r['mode']} |"
+        if r["status"] != "ok":
+            lines.append(f"{head} {r['status']} | | |")
+            continue
+        ms = r["step_ms"]
+        lines.append(
+            f"{head} ok | {ms['p50']:.3f} / {ms['p95']:.3f} / {ms['p99']:.3f} | "
+            f"{r['steps_per_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 

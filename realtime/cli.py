@@ -31,11 +31,11 @@ from eri.choices import (
     calibrated_formats,
 )
 from eri.errors import EriError
+from eri.realtime.writable import check_writable
 
 log = logging.getLogger("eri")
 
 EXIT_USER_ERROR = 1
-EXIT_NOT_IMPLEMENTED = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -54,34 +54,6 @@ BENCH_MODES = "streaming,recompute"
 
 
 # --------------------------------------------------------------------------- checks before work
-def check_writable(path: str | Path, what: str, option: str) -> Path:
-    """Refuse, before any work, an output that could not be written at the end.
-
-    A missing folder is fine when it can be created (the writers create it); a folder that
-    cannot be created or written, or a path that is a directory, is an error naming ``option``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a directory; give a file name for the {what}.")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(
-            f"{option} {path}: {existing} is a file, not a folder; choose another {option}."
-        )
-    if not os.access(existing, os.W_OK | os.X_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
-        where = parent if existing == parent else f"{parent} (cannot create it in {existing})"
-        raise UserError(
-            f"Cannot write the {what} {path}: {where} is not writable; "
-            f"choose a writable location for {option}."
-        )
-    return path
-
-
 def plot_extensions() -> list[str]:
     """File extensions matplotlib can save a figure as (png, pdf, svg, jpg, ...), sorted."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -228,6 +200,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(
             f"Cannot write to {out_dir} ({exc.strerror}); pass a writable --out."
         ) from None
+    if fmt.runtime == "tensorrt":
+        return export_engine_format(args, bundle, fmt, out_dir)
     if fmt.precision != "fp32":
         return export_precision_variant(args, bundle, fmt, out_dir)
     paths = export_onnx(bundle.model, out_dir)
@@ -296,6 +270,41 @@ def export_precision_variant(args: argparse.Namespace, bundle: Any, fmt: Any, ou
     return 0
 
 
+def export_engine_format(args: argparse.Namespace, bundle: Any, fmt: Any, out_dir: Path) -> int:
+    """`eri export --format engine | engine-fp16 | engine-int8`: TensorRT engines built on this
+    GPU from the precision's ONNX (int8: the Q/DQ export is made from --calib first), checked
+    against fp32 torch with --check, and recorded in bundle.json when written beside it."""
+    from eri.models.bundle import record_export
+    from eri.models.engine import check_precision_supported, current_device
+    from eri.models.export import export_format
+    from eri.models.precision import variant_paths
+    from eri.realtime.variants import export_engines
+
+    device = current_device()  # no GPU, or one without this precision: refused before work
+    check_precision_supported(fmt.precision, device, args.bundle)
+    onnx = None
+    if fmt.precision == "int8":
+        export_precision_variant(args, bundle, export_format("onnx-int8"), out_dir)
+        onnx = variant_paths(out_dir, "onnx-int8")
+    report = export_engines(bundle, fmt.name, out_dir, onnx=onnx, check=args.check)
+    for line in report.lines():
+        print(line)
+    if not report.installed:
+        raise UserError(
+            f"The {fmt.name} engines differ from fp32 torch beyond their tolerance "
+            f"({report.tolerance:g}), so they were not written; report this with the bundle."
+        )
+    for graph, path in report.paths.items():
+        log.info("wrote %s", path)
+        if out_dir == bundle.path:
+            info = {"file": path.name, "format": fmt.name, "precision": fmt.precision}
+            info.update(graph=graph, gpu=device.gpu, tensorrt=device.tensorrt)
+            record_export(bundle.path, path.name, info)
+    if args.check:
+        print(f"OK: within {report.tolerance:g}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """`eri calibrate BUNDLE --data DIR --out CALIB`: sample face crops and head windows from
     media files or recorded sessions through the real pipeline into a calibration cache."""
@@ -354,12 +363,13 @@ def load_bundle_arg(args: argparse.Namespace):
     return bundle
 
 
-def _load_model(args: argparse.Namespace):
-    """The bundle and backend the user asked for; an untrained model is announced loudly."""
+def _load_model(args: argparse.Namespace, threads: int = 0):
+    """The bundle and backend the user asked for; an untrained model is announced loudly.
+    ``threads`` 0: the runtime's choice (offline runs)."""
     from eri.realtime.backends import create_backend
 
     bundle = load_bundle_arg(args)
-    backend = create_backend(bundle, args.backend, args.precision)
+    backend = create_backend(bundle, args.backend, args.precision, threads)
     log.info("Model %s on %s", bundle.name, backend.describe())
     return bundle, backend
 
@@ -410,11 +420,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- record
 def cmd_record(args: argparse.Namespace) -> int:
     """``eri record``: a session folder from a camera, file or synthetic source, headless."""
+    from eri.realtime.backends import cpu_threads
     from eri.realtime.session.record import open_record_source, record
     from eri.realtime.session.recorder import check_session_dir
 
     check_session_dir(args.out)
-    bundle, backend = _load_model(args)
+    bundle, backend = _load_model(args, threads=cpu_threads())  # live: leave a core to capture
     source = open_record_source(args.source, mic=args.mic, fast=args.fast, duration_s=args.duration)
     result = record(args.out, source, bundle, backend, fast=args.fast)
     return EXIT_INTERRUPTED if result.interrupted else 0
@@ -531,16 +542,6 @@ def cmd_view(args: argparse.Namespace) -> int:
     return run_viewer(options)
 
 
-# --------------------------------------------------------------------------- not yet
-def not_implemented(what: str) -> int:
-    log.error("`eri %s` is not implemented yet in this version of ERI Live.", what)
-    return EXIT_NOT_IMPLEMENTED
-
-
-def _stub(name: str) -> Callable[[argparse.Namespace], int]:
-    return lambda args: not_implemented(name)
-
-
 # --------------------------------------------------------------------------- parser
 def _subject(text: str) -> str | int:
     if text in SUBJECT_POLICIES:
@@ -589,13 +590,24 @@ def _comma_list(kind: str, allowed: tuple[str, ...] | list[str]) -> Callable[[st
     return parse
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, *, runtime: bool = True) -> None:
+    """--model and --arch; with ``runtime`` also --backend and --precision."""
     p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
     p.add_argument(
         "--arch", default=DEFAULT_ARCH, help="architecture of the untrained model (eri models)"
     )
-    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    p.add_argument("--precision", default="fp32", choices=available_precisions())
+    if runtime:
+        p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
+        p.add_argument("--precision", default="fp32", choices=available_precisions())
+
+
+def add_source_options(
+    p: argparse.ArgumentParser, source_help: str, *, default: str | None, mic_help: str | None
+) -> None:
+    """--source (with its command's default and help) and, when ``mic_help`` is given, --mic."""
+    p.add_argument("--source", default=default, help=source_help)
+    if mic_help is not None:
+        p.add_argument("--mic", default=None, help=mic_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -621,11 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded session folder is replayed. Options not given take the viewer's saved "
         "settings.",
     )
-    p.add_argument(
-        "--source", help="camera index, video file, session folder or synthetic (default: 0)"
+    add_source_options(
+        p,
+        "camera index, video file, session folder or synthetic (default: 0)",
+        default=None,
+        mic_help="microphone name or index, or none (visual only)",
     )
-    p.add_argument("--mic", default=None, help="microphone name or index, or none (visual only)")
-    _add_model_args(p)
+    add_model_options(p)
     p.set_defaults(arch=None, backend=None)  # not given: the viewer's saved choice
     p.add_argument("--record", metavar="DIR", help="record a session into this new folder")
     p.add_argument(
@@ -646,13 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="session folder to create (new or empty)"
     )
-    p.add_argument(
-        "--source",
-        default="0",
-        help="camera index, video file, session folder, or synthetic (endless; synthetic:N "
+    add_source_options(
+        p,
+        "camera index, video file, session folder, or synthetic (endless; synthetic:N "
         "for N frames) (default: 0)",
+        default="0",
+        mic_help="microphone name or index, or none (visual-only)",
     )
-    p.add_argument("--mic", default=None, help="microphone name or index, or none (visual-only)")
     p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
     p.add_argument(
         "--fast",
@@ -660,12 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="files: run as fast as possible instead of in real time (every frame is still "
         "recorded; inference skips frames it has no time for)",
     )
-    _add_model_args(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("analyze", help="run the pipeline over a video or audio file")
     p.add_argument("media")
-    _add_model_args(p)
+    add_model_options(p)
     p.add_argument("--out", help="CSV of per-frame intensities")
     p.add_argument("--plot", help="image of the seven curves (.png, .pdf, .svg, ...)")
     p.add_argument("--json", help="JSON summary")
@@ -679,22 +693,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("train", help="train a model")
-    p.add_argument("--data", required=True)
-    p.add_argument("--arch", default=DEFAULT_ARCH)
-    p.add_argument("--config")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--out")
-    p.add_argument("--folds", type=int)
-    p.add_argument("--resume", action="store_true")
-    p.set_defaults(func=_stub("train"))
+    from eri.training.cli import add_train_parser  # torch-free until the command runs
 
-    p = sub.add_parser("evaluate", help="evaluate a bundle on a dataset")
-    p.add_argument("bundle")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split")
-    p.set_defaults(func=_stub("evaluate"))
+    add_train_parser(sub)
+
+    from eri.training.evaluate import add_evaluate_parser  # torch-free until the command runs
+
+    add_evaluate_parser(sub)
 
     p = sub.add_parser("export", help="export a bundle to ONNX or TensorRT")
     p.add_argument("bundle")
@@ -754,11 +759,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"{BENCH_WARMUP} warm-up frames, then times --frames frames (rounded up to whole "
         "8-frame batches). The defaults take about two minutes on an idle 2-core CPU.",
     )
-    p.add_argument("--model", help="model bundle directory (default: an untrained --arch model)")
-    p.add_argument(
-        "--arch", default=DEFAULT_ARCH, help="architecture of the untrained model (eri models)"
+    add_model_options(p, runtime=False)
+    add_source_options(
+        p, "video file, camera index or synthetic", default="synthetic", mic_help=None
     )
-    p.add_argument("--source", default="synthetic", help="video file, camera index or synthetic")
     p.add_argument(
         "--backends",
         default=BENCH_BACKENDS,

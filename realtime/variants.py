@@ -1,4 +1,5 @@
-"""Precision variants for ``eri export --format onnx-fp16 | onnx-int8 [--check]``.
+"""Precision variants for ``eri export --format onnx-fp16 | onnx-int8 | engine* [--check]``,
+and where a precision's TensorRT engines are found (:func:`find_engines`).
 
 :func:`export_variant` builds a variant from the bundle's fp32 export (made first when absent),
 optionally checks it against fp32 torch, and only then moves the two files into place: a failed
@@ -26,12 +27,30 @@ from typing import Any
 
 import numpy as np
 
+from eri.models.engine import (
+    ENGINE_FP32_TOLERANCE,
+    ENGINE_SUFFIX,
+    PROFILES,
+    EngineDevice,
+    EngineError,
+    build_engine,
+    check_engine,
+    check_precision_supported,
+    current_device,
+    engine_file_name,
+    read_engine_header,
+    rebuild_hint,
+)
 from eri.models.export import (
     FACES,
     FEATURES,
+    FRAME_ENCODER_FILE,
+    HEAD_FILE,
     INTENSITIES,
     VISUAL,
+    cache_dir,
     export_format,
+    model_cache_dir,
     onnx_paths,
     ort_session,
     weights_digest,
@@ -42,6 +61,7 @@ from eri.models.precision import (
     check_variant,
     export_fp16,
     graph_feeds,
+    precision_paths,
     probe_inputs,
     torch_reference,
     variant_paths,
@@ -230,6 +250,172 @@ def export_variant(
         if check and not report.ok:
             return report
         final = variant_paths(out_dir, fmt)
+        for graph, path in made.items():
+            os.replace(path, final[graph])
+        report.paths, report.installed = final, True
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- TensorRT engines
+#: The graphs of the streaming split and their fp32 ONNX file names (engines are named after them).
+GRAPH_FILES: dict[str, str] = {"frame_encoder": FRAME_ENCODER_FILE, "head": HEAD_FILE}
+
+
+def engine_dirs(bundle: Any) -> list[Path]:
+    """Where a bundle's engines are looked for: beside it, then in its export cache folder."""
+    dirs = [bundle.path] if bundle.path is not None else []
+    dirs.append(model_cache_dir(bundle.model))
+    return [d for d in dirs if d.is_dir()]
+
+
+@dataclass
+class EngineLookup:
+    """What :func:`find_engines` found: ``paths`` (None when no match) and ``why`` in one
+    sentence; ``refused`` holds the sentence for each engine judged and refused."""
+
+    paths: dict[str, Path] | None
+    why: str
+    refused: list[str] = field(default_factory=list)
+
+
+def find_engines(bundle: Any, precision: str, device: EngineDevice) -> EngineLookup:
+    """The engines of ``bundle`` at ``precision`` that match ``device`` (GPU, compute
+    capability, TensorRT version) and the bundle's weights, beside the bundle or in its export
+    cache. Without a match, ``why`` is the sentence refusing the first engine that did not match
+    (built for another GPU or TensorRT version, truncated, ...), else the sentence saying none
+    exists and the command that builds one."""
+    weights = weights_digest(bundle.model)
+    found: dict[str, Path] = {}
+    refused: list[str] = []
+    dirs = engine_dirs(bundle)
+    for graph, onnx_file in GRAPH_FILES.items():
+        exact = engine_file_name(onnx_file, precision, device)
+        stem = exact.split(".", 1)[0]  # frame_encoder_fp16
+        for folder in dirs:
+            # The file named for this device first, then any other of this graph and precision
+            # (a copied or renamed engine is judged by its header, not its name).
+            candidates = sorted(
+                folder.glob(f"{stem}.*{ENGINE_SUFFIX}"), key=lambda p: p.name != exact
+            )
+            for path in candidates:
+                try:
+                    header = read_engine_header(path, precision)
+                    check_engine(
+                        header, device, weights=weights, precision=precision, bundle=bundle.path
+                    )
+                except EngineError as exc:
+                    refused.append(str(exc))
+                    continue
+                found[graph] = path
+                break
+            if graph in found:
+                break
+        if graph not in found:
+            if refused:
+                return EngineLookup(None, refused[0], refused)
+            return EngineLookup(
+                None,
+                f"{bundle.name} has no {precision} TensorRT engine for {device.describe()}; "
+                f"build one with {rebuild_hint(precision, bundle.path)}.",
+            )
+    why = f"{precision} TensorRT engines {found['frame_encoder']} and {found['head']}"
+    return EngineLookup(found, why, refused)
+
+
+def timing_cache_path(device: EngineDevice) -> Path:
+    """The builder's timing cache for ``device``: ``cache_dir()/tensorrt/timing.<tag>.cache``."""
+    return cache_dir() / "tensorrt" / f"timing.{device.tag}.cache"
+
+
+def _engine_check(graph: str, output: str, got, ref, tolerance: float, absolute: bool):
+    diff = np.abs(np.asarray(got, np.float64) - ref)
+    finite = bool(np.all(np.isfinite(got)))
+    scale = 1.0 if absolute else max(1.0, float(np.abs(ref).max()))
+    return VariantCheck(
+        graph,
+        output,
+        float(diff.max()) if finite else float("inf"),
+        float(np.percentile(diff, 99)) if finite else float("inf"),
+        scale,
+        tolerance,
+    )
+
+
+def check_engines(bundle: Any, paths: Mapping[str, Path], precision: str) -> VariantReport:
+    """Run the engines ``paths`` in TensorRT on probe inputs and compare with fp32 torch: the
+    features and intensities relative to max(1, scale) (fp32, fp16), int8 intensities absolute
+    (features reported), and the two graphs end to end."""
+    from eri.calibration import INT8_TOLERANCE
+    from eri.models.export import head_args
+    from eri.realtime.backend_tensorrt import TensorRTBackend
+
+    model = bundle.model
+    tolerance = {"fp32": ENGINE_FP32_TOLERANCE, "fp16": FP16_TOLERANCE}.get(
+        precision, INT8_TOLERANCE
+    )
+    absolute = precision == "int8"
+    backend = TensorRTBackend(bundle, precision, engines=paths)
+    probe = probe_inputs(model, batch=4, seed=CHECK_SEED)
+    ref = torch_reference(model, probe)
+    features = backend.encode_frames(probe[FACES])
+    head = backend.head(*head_args(probe))
+    e2e = backend.head(*head_args(dict(probe, **{VISUAL: features.reshape(probe[VISUAL].shape)})))
+    report = VariantReport(f"engine ({precision})", dict(paths), tolerance=tolerance)
+    enc = _engine_check("frame_encoder", FEATURES, features, ref["frame_encoder"], tolerance, False)
+    if absolute:
+        report.notes.append(f"{enc.describe().rsplit(' (', 1)[0]} (judged end to end below)")
+    else:
+        report.checks.append(enc)
+    report.checks.append(_engine_check("head", INTENSITIES, head, ref["head"], tolerance, absolute))
+    report.checks.append(
+        _engine_check("end_to_end", INTENSITIES, e2e, ref["head"], tolerance, absolute)
+    )
+    return report
+
+
+def export_engines(
+    bundle: Any,
+    fmt: str,
+    out_dir: str | Path,
+    *,
+    onnx: Mapping[str, Path] | None = None,
+    check: bool = False,
+    timing_cache: str | Path | None = None,
+) -> VariantReport:
+    """Build the TensorRT engines of export format ``fmt`` (``engine``, ``engine-fp16``,
+    ``engine-int8``) into ``out_dir`` from the precision's ONNX graphs (``onnx``, default:
+    :func:`~eri.models.precision.precision_paths`), named by graph, precision, GPU and TensorRT
+    version, checked against fp32 torch first when ``check``; a failed build or check leaves
+    no new file behind."""
+    precision = export_format(fmt).precision
+    device = current_device()
+    check_precision_supported(precision, device, bundle.path)
+    onnx = dict(onnx) if onnx is not None else precision_paths(bundle, precision)
+    model = bundle.model
+    meta = {"architecture": model.arch_name, "weights": weights_digest(model)}
+    out_dir = Path(out_dir)
+    tmp = out_dir / f".eri-{fmt}-{secrets.token_hex(4)}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        made = {}
+        for graph, onnx_file in GRAPH_FILES.items():
+            made[graph] = tmp / engine_file_name(onnx_file, precision, device)
+            build_engine(
+                onnx[graph],
+                made[graph],
+                precision=precision,
+                profiles=PROFILES[graph],
+                timing_cache=timing_cache or timing_cache_path(device),
+                meta={**meta, "graph": graph},
+                device=device,
+            )
+        report = check_engines(bundle, made, precision) if check else VariantReport(fmt, made)
+        report.fmt = fmt
+        if check and not report.ok:
+            return report
+        final = {graph: out_dir / path.name for graph, path in made.items()}
         for graph, path in made.items():
             os.replace(path, final[graph])
         report.paths, report.installed = final, True

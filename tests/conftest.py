@@ -14,6 +14,8 @@ import pytest
 
 from tests.media_utils import MEDIA_DIR
 
+pytest_plugins = ["tests.training_fixtures"]
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 #: Seed of every model a test builds (autouse ``_seed_torch``, ``small_model``, exports).

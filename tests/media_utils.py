@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -71,3 +72,36 @@ def decode_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
             if limit and len(frames) >= limit:
                 break
     return frames
+
+
+def small_dual_branch(context_s: float):
+    """The untrained dual_branch model (audio branch included) on an 8-sample window over
+    ``context_s`` seconds: the default's graphs, a quarter of the work."""
+    from eri.models.bundle import untrained_bundle
+    from eri.models.spec import WindowSpec
+
+    return untrained_bundle("dual_branch", window=WindowSpec(num_samples=8, context_s=context_s))
+
+
+def torch_backend_for(bundle):
+    """The torch backend (CPU here) for ``bundle``."""
+    from eri.realtime.backends import create_backend
+
+    return create_backend(bundle, "torch")
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    """Create ``path`` and mount a tmpfs there with ``options`` (e.g. ``size=2m``, ``ro``), or
+    skip the test when mounting is not permitted; :func:`umount` undoes it."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True)

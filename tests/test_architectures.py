@@ -188,6 +188,12 @@ def test_output_shape_and_range(variant) -> None:
         for i in range(B):
             alone = model.head(visual[i : i + 1], None if audio is None else audio[i : i + 1])
             torch.testing.assert_close(alone[0], out[i], rtol=0, atol=1e-6)
+    if name == "mtl_dan":
+        # An MTL-DAN at random initialisation (eval mode) gives every face the same features
+        # (why training refuses it frozen), so two windows differ only through the head.
+        visual = visual + torch.randn(visual.shape, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            out = model.head(visual, audio)
     assert (out[0] - out[1]).abs().max() > 1e-6
     assert visual.shape == (B, T, model.feature_dim)
     if model.has_audio:
@@ -211,6 +217,11 @@ def test_every_trainable_parameter_gets_a_gradient(variant) -> None:
     faces, tokens = inputs(model)
     target = torch.rand(B, NUM_EMOTIONS, generator=torch.Generator().manual_seed(3))
     loss = F.mse_loss(model(faces, tokens), target)
+    if hasattr(model, "branch_output"):  # dual_branch: the branches' own regression layers
+        visual = model.encode_frames(faces.flatten(0, 1)).view(B, T, -1)
+        v, a = model.branch_features(visual, model.encode_audio(tokens))
+        for name, feats in (("visual", v), ("audio", a)):
+            loss = loss + F.mse_loss(model.branch_output(name, feats), target)
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable

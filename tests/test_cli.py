@@ -27,17 +27,6 @@ def test_info_json(capsys):
     assert "microphone_support" in info and isinstance(info["cameras"], list)
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["train", "--data", "d"],
-        ["evaluate", "b", "--data", "d"],
-    ],
-)
-def test_later_commands_say_not_implemented(command):
-    assert main(command) == 2
-
-
 def test_console_script_runs():
     """The installed `eri` entry point (python -m form) works in a fresh process."""
     out = subprocess.run(

@@ -28,18 +28,17 @@ from eri.realtime.backends import create_backend
 from eri.realtime.outputs import CSV_COLUMNS, PredictionWriter, prediction_row, read_predictions
 from eri.realtime.pipeline import FrameOutput, StreamingEngine, Window, output_row
 from eri.realtime.sources import AudioChunk, VideoFrame
-from tests.media_utils import media_file, write_video
+from tests.media_utils import media_file, small_dual_branch, torch_backend_for, write_video
 
 
 @pytest.fixture(scope="module")
 def small_bundle():
-    """A dual-branch model (audio branch included) with a short window: quick on torch."""
-    return untrained_bundle("dual_branch", window=WindowSpec(num_samples=8, context_s=1.0))
+    return small_dual_branch(context_s=1.0)
 
 
 @pytest.fixture(scope="module")
 def torch_backend(small_bundle):
-    return create_backend(small_bundle, "torch")
+    return torch_backend_for(small_bundle)
 
 
 class FakeTracker:

@@ -28,7 +28,15 @@ from eri.realtime.session import (
     session_info,
 )
 from eri.realtime.sources import AudioChunk, SessionSource, SyntheticSource, VideoFrame
-from tests.media_utils import PROJECT_ROOT, decode_frames, media_file
+from tests.media_utils import (
+    PROJECT_ROOT,
+    decode_frames,
+    media_file,
+    mount_tmpfs,
+    small_dual_branch,
+    torch_backend_for,
+    umount,
+)
 
 #: Mean absolute RGB difference allowed between a source frame and its decoded H.264 copy
 #: (crf 23, 4:2:0 chroma): the synthetic face measures about 1.6 at 640x480.
@@ -38,18 +46,12 @@ SELF_REPORT = {name: 10 * (i + 1) for i, name in enumerate(EMOTIONS)}
 
 @pytest.fixture(scope="module")
 def bundle():
-    from eri.models.bundle import untrained_bundle
-    from eri.models.spec import WindowSpec
-
-    # The small window: the same graphs as the default, a quarter of the work.
-    return untrained_bundle("dual_branch", window=WindowSpec(num_samples=8, context_s=3.2))
+    return small_dual_branch(context_s=3.2)
 
 
 @pytest.fixture(scope="module")
 def backend(bundle):
-    from eri.realtime.backends import create_backend
-
-    return create_backend(bundle, "torch")
+    return torch_backend_for(bundle)
 
 
 def _decode(path: Path, kind: str = "video") -> tuple[list, Exception | None]:
@@ -234,19 +236,32 @@ def _wait_for_rows(proc: subprocess.Popen, out: Path) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_keeps_the_session_up_to_the_kill(tmp_path):
-    """kill -9 five seconds into `eri record` (real-time synthetic source): the video decodes
-    up to at least 2 s before the kill, predictions.csv and audio.wav hold what came before."""
-    out = tmp_path / "s"
+def _start_recording(out: Path) -> subprocess.Popen:
+    """`eri record` of the real-time synthetic source into ``out`` (torch, one thread), returned
+    once its first predictions row is on disk."""
     proc = subprocess.Popen(
         _eri("record", "--out", str(out), "--source", "synthetic", "--backend", "torch"),
         cwd=PROJECT_ROOT,
         env=_ONE_THREAD,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for_rows(proc, out)
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise
+    return proc
+
+
+def test_sigkill_keeps_the_session_up_to_the_kill(tmp_path):
+    """kill -9 five seconds into `eri record` (real-time synthetic source): the video decodes
+    up to at least 2 s before the kill, predictions.csv and audio.wav hold what came before."""
+    out = tmp_path / "s"
+    proc = _start_recording(out)
+    try:
         time.sleep(5.0)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -269,16 +284,8 @@ def test_sigterm_closes_the_session(tmp_path):
     """SIGTERM (as Ctrl-C) stops `eri record` cleanly: exit 130, a complete session whose
     files all decode, and the summary line."""
     out = tmp_path / "s"
-    proc = subprocess.Popen(
-        _eri("record", "--out", str(out), "--source", "synthetic", "--backend", "torch"),
-        cwd=PROJECT_ROOT,
-        env=_ONE_THREAD,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_recording(out)
     try:
-        _wait_for_rows(proc, out)
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -311,21 +318,6 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path, caplog):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
-def _mount_tmpfs(path: Path, options: str) -> None:
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", str(path)], capture_output=True)
-
-
 def test_refuses_an_unwritable_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -334,7 +326,7 @@ def test_refuses_an_unwritable_folder(tmp_path):
     _one_sentence(str(info.value))
     ro = tmp_path / "ro"
     if os.geteuid() == 0:  # root writes through permissions: use a read-only mount
-        _mount_tmpfs(ro, "ro,size=1m")
+        mount_tmpfs(ro, "ro,size=1m")
     else:
         ro.mkdir()
         ro.chmod(0o555)
@@ -343,14 +335,14 @@ def test_refuses_an_unwritable_folder(tmp_path):
             SessionRecorder(ro / "s", fps=30, width=64, height=64)
         _one_sentence(str(info.value))
     finally:
-        _umount(ro) if os.geteuid() == 0 else ro.chmod(0o755)
+        umount(ro) if os.geteuid() == 0 else ro.chmod(0o755)
 
 
 def test_full_disk_is_reported_and_keeps_what_was_written(tmp_path):
     """A 2 MB tmpfs fills up mid-recording: one sentence in `error`, nothing raised into the
     caller, the video decodes up to the failure, the other files stay readable."""
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "size=2m")
+    mount_tmpfs(disk, "size=2m")
     try:
         n = 900  # 30 s: about 4.5 MB of video and 1 MB of audio.wav
         src = SyntheticSource(num_frames=n, fps=30, width=640, height=480)
@@ -373,7 +365,7 @@ def test_full_disk_is_reported_and_keeps_what_was_written(tmp_path):
         meta = read_session(disk / "s")  # the last whole session.json: never half-written
         assert meta["complete"] is False
     finally:
-        _umount(disk)
+        umount(disk)
 
 
 def test_session_json_newer_or_corrupt(tmp_path):

@@ -12,7 +12,10 @@ One job per module:
   off the GUI thread; outputs through a bounded queue, the newest frame through a newest-wins
   slot (the python-sounddevice ``plot_input.py`` pattern: producers only copy, a GUI timer
   drains).
-- ``replay``: a recorded session played back from its stored curves, markers and audio.
+- ``recording``: the window's recording half (a session recorder attached to the pipeline,
+  finished on stop, at the source's end or when a write fails).
+- ``replay``, ``replay_mode``: a recorded session played back from its video, stored curves,
+  markers and audio; ``replay_audio``: the replay clock and the sound, through sounddevice.
 - ``self_report``: the seven 1-100 sliders of the Hume-Reaction protocol.
 
 Importing this package does not import Qt; :func:`require_qt` says how to install it.

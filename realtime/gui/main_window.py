@@ -18,9 +18,12 @@ import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from eri.choices import DEFAULT_ARCH
+from eri.errors import EriError
 from eri.realtime.gui.controls import ControlsPanel
 from eri.realtime.gui.curves import DEFAULT_WINDOW_S, CurvesWidget
-from eri.realtime.gui.replay import ReplayBar, SessionData, VideoReader, is_session
+from eri.realtime.gui.recording import RecordingMixin
+from eri.realtime.gui.replay import is_session
+from eri.realtime.gui.replay_mode import ReplayMixin
 from eri.realtime.gui.video import VideoWidget
 from eri.realtime.gui.worker import SILENT_DB, PipelineWorker, RunConfig
 
@@ -47,16 +50,7 @@ def settings_for(path: str | Path | None = None) -> QtCore.QSettings:
     return QtCore.QSettings("eri-live", "viewer")
 
 
-def next_free_dir(path: Path) -> Path:
-    """``path`` if it is missing or empty, else the first of ``path-2``, ``path-3``, ... that is."""
-    candidate, n = path, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
-
-
-class ViewerWindow(QtWidgets.QMainWindow):
+class ViewerWindow(RecordingMixin, ReplayMixin, QtWidgets.QMainWindow):
     """The live viewer, or the replay of a recorded session."""
 
     def __init__(
@@ -78,16 +72,16 @@ class ViewerWindow(QtWidgets.QMainWindow):
         #: Frame arrival -> curve point handed to pyqtgraph, and arrival -> pipeline output (ms).
         self.draw_latency_ms: collections.deque[float] = collections.deque(maxlen=100_000)
         self.output_latency_ms: collections.deque[float] = collections.deque(maxlen=100_000)
+        #: Each drawn output's pipeline stage times (ms), for benchmarks.
+        self.stages_ms: collections.deque[dict[str, float]] = collections.deque(maxlen=100_000)
         self.outputs_drawn = 0
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=90)
         self._draw_times: collections.deque[float] = collections.deque(maxlen=240)
         self._last_status = 0.0
         self._reported_state = ""
-        self._replay: SessionData | None = None
-        self._reader: VideoReader | None = None
-        self._replay_pos = 0.0
-        self._replay_playing = False
-        self._replay_clock = 0.0
+        self._init_replay()
+        #: Notices from any thread, shown by the redraw tick: (one sentence, turn recording off).
+        self._notices: collections.deque[tuple[str, bool]] = collections.deque()
 
         # ---- widgets
         self.banner = QtWidgets.QLabel(UNTRAINED_TEXT)
@@ -155,7 +149,6 @@ class ViewerWindow(QtWidgets.QMainWindow):
         c.window_changed.connect(self.curves.set_window)
         shortcut = QtGui.QShortcut(QtGui.QKeySequence("M"), self)
         shortcut.activated.connect(lambda: self.add_marker())
-        self._replay_keys: list[QtGui.QShortcut] = []
 
         self.timer = QtCore.QTimer(self)
         self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
@@ -201,6 +194,11 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.message.setText(text)
         self.message.setVisible(bool(text))
 
+    def add_message(self, text: str) -> None:
+        """Another sentence after the notice shown (one event, one sentence)."""
+        shown = self.message.text() if self.message.isVisibleTo(self) else ""
+        self.show_message(f"{shown} {text}" if shown and text not in shown else text)
+
     # ------------------------------------------------------------------ start / stop
     @property
     def running(self) -> bool:
@@ -214,8 +212,14 @@ class ViewerWindow(QtWidgets.QMainWindow):
         source_obj = self.options.source_object
         self._leave_replay()
         self.show_message("")
+        self.error = None
         if source_obj is None and is_session(spec):
-            self.enter_replay(spec)
+            try:
+                self.enter_replay(spec)
+            except EriError as exc:  # a newer format, unreadable predictions or video
+                self.error = exc
+                self.show_message(str(exc))
+                log.error("%s", exc)
             return
         c, o = self.controls, self.options
         arch = c.arch.currentText() or DEFAULT_ARCH
@@ -236,6 +240,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.markers.clear()
         self.draw_latency_ms.clear()
         self.output_latency_ms.clear()
+        self.stages_ms.clear()
         self._latency_ms.clear()
         self._draw_times.clear()
         self.outputs_drawn = 0
@@ -260,95 +265,16 @@ class ViewerWindow(QtWidgets.QMainWindow):
         if not ended:
             log.warning("the inference thread is still busy; it ends on its own")
         self._drain()
-        recorder = worker.stop_recording() or self.recorder
-        self.recorder = None
-        if recorder is not None:
-            self._finish_recording(recorder, ask_report=ask_report)
+        self._end_recording(ask_report=ask_report)
         self.controls.set_running(False)
         self._update_status(force=True)
         return ended
 
-    # ------------------------------------------------------------------ recording
-    def _make_recorder(self, source: Any) -> Any:
-        """A SessionRecorder for ``source`` (any thread); None, with a notice, if it fails."""
-        try:
-            from eri.realtime.session import SessionRecorder
-        except ImportError as exc:
-            self._record_notice = f"Recording is not available in this version ({exc})."
-            return None
-        try:
-            from eri.realtime.session.format import session_info
-
-            worker = self.worker
-            info = session_info(
-                source,
-                worker.bundle if worker is not None else None,
-                worker.backend if worker is not None else None,
-            )
-        except Exception:
-            info = {"source": {"name": getattr(source, "name", str(source))}}
-        text = self.controls.record_dir.text().strip()
-        base = Path(text) if text else Path.home() / "eri-sessions" / time.strftime("%Y%m%d-%H%M%S")
-        out = next_free_dir(base.expanduser())
-        try:
-            recorder = SessionRecorder(
-                out,
-                fps=float(source.fps or 30.0),
-                width=int(source.width or 640),
-                height=int(source.height or 480),
-                has_audio=bool(source.has_audio),
-                info=info,
-            )
-        except Exception as exc:
-            self._record_notice = f"Recording did not start: {exc}"
-            log.error("%s", self._record_notice)
-            return None
-        self.recorder = recorder
-        self.session_dirs.append(out)
-        log.info("recording to %s", out)
-        return recorder
-
-    _record_notice = ""
-
-    def set_recording(self, on: bool) -> None:
-        """Record on / off; while running this starts or finishes a session at once."""
-        worker = self.worker
-        if not self.running or worker is None:
-            return
-        if on:
-            worker.start_recording(self._make_recorder)
-        else:
-            recorder = worker.stop_recording() or self.recorder
-            self.recorder = None
-            if recorder is not None:
-                self._finish_recording(recorder, ask_report=True)
-
-    def _finish_recording(self, recorder: Any, *, ask_report: bool) -> Path | None:
-        if ask_report and self.controls.ask_report.isChecked():
-            from eri.realtime.gui.self_report import SelfReportDialog
-
-            dialog = SelfReportDialog(self)
-            if dialog.exec() == QtWidgets.QDialog.DialogCode.Accepted:
-                try:
-                    recorder.set_self_report(dialog.values())
-                except Exception as exc:
-                    log.error("self-report not saved: %s", exc)
-        try:
-            path = recorder.close()
-        except Exception as exc:
-            self.show_message(f"The recording could not be finished: {exc}")
-            return None
-        error = getattr(recorder, "error", None)
-        note = f" ({error})" if error else ""
-        self.statusBar().showMessage(f"session saved to {path}{note}", 10_000)
-        log.info("session saved to %s%s", path, note)
-        return Path(path)
-
     # ------------------------------------------------------------------ user actions
     def current_time_s(self) -> float | None:
         """The time a marker would get now: the newest captured event, or the replay position."""
-        if self._replay is not None:
-            return self._replay_pos
+        if self._clock is not None:
+            return self._clock.position()
         return self.worker.latest_time_s if self.worker is not None else None
 
     def add_marker(self, label: str | None = None) -> tuple[float, str] | None:
@@ -413,6 +339,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             latency = u.output.stages_ms.get("latency", float("nan"))
             self._latency_ms.append(latency)
             self.output_latency_ms.append(latency)
+            self.stages_ms.append(u.output.stages_ms)
             self._draw_times.append(drawn)
         self.outputs_drawn += len(updates)
         return len(updates)
@@ -436,12 +363,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
             )
             self.video.show_face(frame.box, frame.points, detected=frame.face_detected, text=text)
         self._set_meter(worker.audio_level_db if worker.info.has_audio else None)
-        if self._record_notice:
-            self.show_message(self._record_notice)
-            self._record_notice = ""
-            self.controls.record.blockSignals(True)
-            self.controls.record.setChecked(False)
-            self.controls.record.blockSignals(False)
+        self._check_recording(worker)
+        self._show_notices()
         if worker.state != self._reported_state:
             self._on_state(worker)
         self._update_status()
@@ -452,17 +375,29 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self._update_banner(not worker.info.trained)
         elif worker.state in ("ended", "failed"):
             self._drain()
+            self._check_recording(worker)
+            saved = self._end_recording(ask_report=False)
+            self._show_notices()
             if worker.state == "failed":
                 self.error = worker.error
-                self.show_message(f"The pipeline stopped: {worker.error}")
+                self.add_message(f"The pipeline stopped: {worker.error}")
             else:
-                self.statusBar().showMessage("the source ended", 5000)
-            recorder = worker.stop_recording() or self.recorder
-            self.recorder = None
-            if recorder is not None:
-                self._finish_recording(recorder, ask_report=False)
+                end = f"{worker.latest_time_s:.1f} s" if worker.latest_time_s is not None else "0 s"
+                where = f"; the session was saved to {saved}" if saved is not None else ""
+                self.add_message(f"The source ended at {end}{where}.")
             self.controls.set_running(False)
         self._update_status(force=True)
+
+    def _show_notices(self) -> None:
+        """Show the notices queued in :attr:`_notices`; one that ends a recording also clears
+        the Record box (without starting or stopping anything)."""
+        while self._notices:
+            text, record_off = self._notices.popleft()
+            self.add_message(text)
+            if record_off:
+                self.controls.record.blockSignals(True)
+                self.controls.record.setChecked(False)
+                self.controls.record.blockSignals(False)
 
     def _set_meter(self, level_db: float | None) -> None:
         if level_db is None:
@@ -490,15 +425,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         s = self.status_labels
         worker = self.worker
         if self._replay is not None:
-            info = self._replay.info
-            model = info.get("model", {}) if isinstance(info.get("model"), dict) else {}
-            s["source"].setText(f"replay: {self._replay.directory.name}")
-            s["model"].setText(f"model: {model.get('name', '?')}")
-            s["backend"].setText(f"{info.get('backend', '?')} {info.get('precision') or ''}")
-            s["device"].setText(str(info.get("device") or ""))
-            for key in ("fps", "latency", "counters"):
-                s[key].setText("")
-            s["audio"].setText("audio: level only (no sound output)")
+            self._replay_status(s)
             return
         if worker is None:
             s["source"].setText(f"source: {self.controls.source_spec()}")
@@ -520,96 +447,6 @@ class ViewerWindow(QtWidgets.QMainWindow):
             s["audio"].setText("audio: on")
         else:
             s["audio"].setText(f"visual only: {i.audio_note or 'no audio'}")
-
-    # ------------------------------------------------------------------ replay
-    def enter_replay(self, directory: str | Path) -> None:
-        """Play a recorded session: its video, stored curves, markers and audio level."""
-        data = SessionData.load(directory)
-        self._reader = VideoReader(Path(directory) / "video.mp4")
-        self._replay = data
-        self.curves.clear()
-        self.curves.set_data(data.times, data.values, data.faces)
-        for t, label in data.markers:
-            self.curves.add_marker(t, label)
-        self.markers = list(data.markers)
-        bar = ReplayBar(data.duration_s)
-        bar.seek.connect(self.seek)
-        bar.play_toggled.connect(self.set_playing)
-        self._layout.insertWidget(self._layout.indexOf(self.controls), bar)
-        self.replay_bar = bar
-        for keys, step in (
-            ("Left", -1.0),
-            ("Right", 1.0),
-            ("Shift+Left", -10.0),
-            ("Shift+Right", 10.0),
-        ):
-            sc = QtGui.QShortcut(QtGui.QKeySequence(keys), self)
-            sc.activated.connect(lambda step=step: self.seek(self._replay_pos + step))
-            self._replay_keys.append(sc)
-        sc = QtGui.QShortcut(QtGui.QKeySequence("Space"), self)
-        sc.activated.connect(lambda: bar.play.toggle())
-        self._replay_keys.append(sc)
-        model = data.info.get("model") if isinstance(data.info.get("model"), dict) else {}
-        self._update_banner(model.get("trained") is False)
-        self.controls.start_stop.setEnabled(False)
-        self.controls.record.setEnabled(False)
-        self._replay_pos = float(data.times[0]) if len(data.times) else 0.0
-        self.set_playing(True)
-        self.video.setFocus()  # arrows seek (a focused text field would take them)
-        self._show_replay()
-        self._update_status(force=True)
-
-    def _leave_replay(self) -> None:
-        if self._replay is None:
-            return
-        for sc in self._replay_keys:
-            sc.setEnabled(False)
-            sc.deleteLater()
-        self._replay_keys.clear()
-        self.replay_bar.deleteLater()
-        if self._reader is not None:
-            self._reader.close()
-        self._replay, self._reader = None, None
-        self.controls.start_stop.setEnabled(True)
-        self.controls.record.setEnabled(True)
-
-    @property
-    def replay_position(self) -> float:
-        return self._replay_pos
-
-    def set_playing(self, playing: bool) -> None:
-        self._replay_playing = playing
-        self._replay_clock = time.perf_counter()
-
-    def seek(self, t: float) -> None:
-        """Jump the replay to ``t`` seconds."""
-        if self._replay is None:
-            return
-        self._replay_pos = min(max(0.0, float(t)), self._replay.duration_s)
-        self._replay_clock = time.perf_counter()
-        self._show_replay()
-
-    def _tick_replay(self) -> None:
-        now = time.perf_counter()
-        if self._replay_playing:
-            self._replay_pos += now - self._replay_clock
-            if self._replay_pos >= self._replay.duration_s:
-                self._replay_pos = self._replay.duration_s
-                self.replay_bar.play.setChecked(False)
-            self._show_replay()
-        self._replay_clock = now
-
-    def _show_replay(self) -> None:
-        data, pos = self._replay, self._replay_pos
-        assert data is not None and self._reader is not None
-        found = self._reader.frame_at(pos)
-        if found is not None:
-            self.video.show_image(found[1])
-        face = bool(data.faces[data.row_at(pos)]) if len(data.times) else False
-        self.video.show_face(None, text=f"t = {pos:.1f} s" + ("" if face else ", no face"))
-        self.curves.redraw(end_s=pos)
-        self._set_meter(data.level_at(pos) if len(data.level_times) else None)
-        self.replay_bar.set_position(pos)
 
     # ------------------------------------------------------------------ closing
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:

@@ -1,13 +1,11 @@
 """Replay of a recorded session folder: its video, the stored ``predictions.csv`` curves, the
-``markers.csv`` markers and an audio level from ``audio.wav``, seekable with a slider and the
-arrow keys (:class:`SessionData`, :class:`VideoReader`, :class:`ReplayBar`).
-
-Sound is not played back (the viewer has no audio output); the level meter follows the audio.
+``markers.csv`` markers, the sound of ``audio.wav`` (:mod:`eri.realtime.gui.replay_audio`) and
+its level, seekable with a slider and the arrow keys (:class:`SessionData`,
+:class:`VideoReader`, :class:`ReplayBar`).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import wave
 from dataclasses import dataclass, field
@@ -17,12 +15,22 @@ import numpy as np
 from PySide6 import QtCore, QtWidgets
 
 from eri.models.spec import EMOTIONS
+from eri.realtime.gui.replay_audio import read_wav
 from eri.realtime.gui.worker import SILENT_DB
+from eri.realtime.session.format import (
+    AUDIO,
+    PREDICTIONS,
+    SESSION_JSON,
+    VIDEO,
+    NewerSessionError,
+    SessionError,
+    read_markers,
+    read_session,
+)
 from eri.realtime.sources import SourceError
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS, MARKERS, VIDEO, AUDIO = "predictions.csv", "markers.csv", "video.mp4", "audio.wav"
 LEVEL_HOP_S = 0.05
 #: Seeking further ahead than this seeks the container instead of decoding forward.
 FORWARD_DECODE_S = 2.0
@@ -34,37 +42,16 @@ def is_session(path: str | Path) -> bool:
     return p.is_dir() and (p / VIDEO).is_file() and (p / PREDICTIONS).is_file()
 
 
-def read_markers(path: Path) -> list[tuple[float, str]]:
-    """markers.csv rows (time_s, label); [] when absent."""
-    try:
-        from eri.realtime.session.format import read_markers as session_markers
-
-        return session_markers(path)
-    except ImportError:  # pragma: no cover - the session package is part of the install
-        pass
-    file = path / MARKERS
-    if not file.is_file():
-        return []
-    with file.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [(float(r["time_s"]), r.get("label") or "") for r in rows if r.get("time_s")]
-
-
-def audio_levels(path: Path, hop_s: float = LEVEL_HOP_S) -> tuple[np.ndarray, np.ndarray]:
-    """RMS level in dBFS of a 16-bit PCM WAV every ``hop_s``: (times [n], levels [n])."""
-    with wave.open(str(path), "rb") as w:
-        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(w.getnframes())
-    if width != 2:
-        raise SourceError(f"{path} is not 16-bit PCM; the replay cannot show its level.")
-    x = np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
-    if channels > 1:
-        x = x.reshape(-1, channels).mean(axis=1)
+def audio_levels(
+    pcm: np.ndarray, rate: int, hop_s: float = LEVEL_HOP_S
+) -> tuple[np.ndarray, np.ndarray]:
+    """RMS level in dBFS of ``pcm`` [n] int16 every ``hop_s``: (times [m], levels [m])."""
     hop = max(1, int(round(rate * hop_s)))
-    n = len(x) // hop
+    n = len(pcm) // hop
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    rms = np.sqrt(np.mean(np.square(x[: n * hop].reshape(n, hop)), axis=1))
+    x = pcm[: n * hop].astype(np.float32).reshape(n, hop) / 32768.0
+    rms = np.sqrt(np.mean(np.square(x), axis=1))
     with np.errstate(divide="ignore"):
         db = np.maximum(SILENT_DB, 20.0 * np.log10(rms))
     return np.arange(n) * (hop / rate), db
@@ -140,13 +127,22 @@ class SessionData:
     markers: list[tuple[float, str]] = field(default_factory=list)
     level_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
     levels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: audio.wav: samples [n] int16 and their rate (None without one).
+    pcm: np.ndarray | None = None
+    rate: int = 0
     info: dict = field(default_factory=dict)
+    #: One sentence about what the replay lacks (a corrupt session.json, an interrupted
+    #: recording), or None.
+    notice: str | None = None
 
     @classmethod
     def load(cls, directory: str | Path) -> SessionData:
+        """Read the session; SessionError / SourceError (one sentence) for one that cannot be
+        replayed: a newer format, unreadable predictions."""
         from eri.realtime.outputs import read_predictions
 
         d = Path(directory)
+        info, notice = _session_info(d)
         try:
             cols = read_predictions(d / PREDICTIONS)
         except (OSError, ValueError) as exc:
@@ -155,26 +151,28 @@ class SessionData:
                 "predictions, or analyse its video with `eri analyze`."
             ) from None
         values = np.stack([cols[e] for e in EMOTIONS], axis=1).astype(np.float32)
+        try:
+            markers = read_markers(d)
+        except SessionError as exc:
+            markers, notice = [], notice or f"Replaying without markers: {exc}"
         data = cls(
             directory=d,
             times=cols["time_s"],
             values=values,
             faces=cols["face_detected"] > 0.5,
             audio=cols["audio_present"] > 0.5,
-            markers=read_markers(d),
+            markers=markers,
+            info=info,
+            notice=notice,
         )
         wav = d / AUDIO
         if wav.is_file():
             try:
-                data.level_times, data.levels = audio_levels(wav)
+                data.pcm, data.rate = read_wav(wav)
+                data.level_times, data.levels = audio_levels(data.pcm, data.rate)
             except (OSError, EOFError, wave.Error, SourceError) as exc:
-                log.warning("no audio level for the replay: %s", exc)
-        try:
-            import json
-
-            data.info = json.loads((d / "session.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data.info = {}
+                log.warning("no audio for the replay: %s", exc)
+                data.notice = data.notice or f"Replaying without sound: {wav} cannot be read."
         return data
 
     @property
@@ -190,6 +188,28 @@ class SessionData:
     def row_at(self, t: float) -> int:
         """Index of the last prediction row at or before ``t`` (0 before the first)."""
         return max(0, int(np.searchsorted(self.times, t, side="right")) - 1)
+
+
+def _session_info(directory: Path) -> tuple[dict, str | None]:
+    """session.json (validated) and a notice: {} without one; {} and the reason for a corrupt
+    one (the video and curves still replay); the recording's error or an interrupted
+    recording noted. A newer format is refused (NewerSessionError)."""
+    if not (directory / SESSION_JSON).is_file():
+        return {}, None
+    try:
+        info = read_session(directory)
+    except NewerSessionError:
+        raise
+    except SessionError as exc:
+        return {}, f"Replaying without the session details: {exc}"
+    if info.get("error"):
+        return info, f"This recording ended early: {info['error']}"
+    if not info["complete"]:
+        return info, (
+            "This recording was not closed (the program was killed); it replays up to its "
+            "last saved second."
+        )
+    return info, None
 
 
 class ReplayBar(QtWidgets.QWidget):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -35,12 +34,6 @@ RECENT_FRAMES = 32
 SILENT_DB = -90.0
 
 
-def default_threads() -> int:
-    """Inference threads for the viewer: all cores but one, which the GUI and capture need
-    (on a 2-core machine, 1: two compute threads there starve the GUI and stall each other)."""
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
 @dataclass
 class RunConfig:
     """What to run: the ``eri view`` options the worker needs. ``source``: a ``--source``
@@ -53,7 +46,7 @@ class RunConfig:
     backend: str = "auto"
     precision: str = "fp32"
     subject: str | int = "largest"
-    #: Inference threads (None: :func:`default_threads`).
+    #: Inference threads (None: :func:`eri.realtime.backends.cpu_threads`).
     threads: int | None = None
 
 
@@ -109,31 +102,6 @@ class _TrackerTap:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tracker, name)
-
-
-class VisualOnly(Source):
-    """Another source without its audio (``--mic none`` on a file or the synthetic face)."""
-
-    def __init__(self, inner: Source, note: str) -> None:
-        super().__init__()
-        self.inner = inner
-        for name in ("name", "fps", "width", "height", "duration_s", "frame_count", "live"):
-            setattr(self, name, getattr(inner, name))
-        self.has_video, self.has_audio, self.audio_note = inner.has_video, False, note
-
-    def start(self) -> None:
-        super().start()
-        self.inner.start()
-
-    def stop(self) -> None:
-        super().stop()
-        self.inner.stop()
-
-    def stats(self) -> dict[str, float]:
-        return self.inner.stats()
-
-    def _events(self):
-        return (e for e in self.inner if not isinstance(e, AudioChunk))
 
 
 def level_db(samples: np.ndarray) -> float:
@@ -248,7 +216,7 @@ class PipelineWorker:
     # ------------------------------------------------------------------ worker thread
     def _load(self) -> None:
         from eri.models.bundle import load_bundle
-        from eri.realtime.backends import create_backend
+        from eri.realtime.backends import cpu_threads, create_backend
 
         if self.bundle is None:
             cfg = self.config
@@ -257,7 +225,7 @@ class PipelineWorker:
             for note in self.bundle.notes:
                 log.warning("%s", note)
         if self.backend is None:
-            threads = self.config.threads or default_threads()
+            threads = self.config.threads or cpu_threads()
             self.backend = create_backend(
                 self.bundle, self.config.backend, self.config.precision, threads=threads
             )
@@ -269,6 +237,7 @@ class PipelineWorker:
     def _run(self) -> None:
         from eri.realtime.analyze import make_tracker
         from eri.realtime.pipeline import LiveRunner, PipelineError, StreamingEngine
+        from eri.realtime.session.record import RecordSource
         from eri.realtime.sources import open_source
 
         tracker = None
@@ -283,7 +252,7 @@ class PipelineWorker:
                 source = open_source(spec, realtime=True, mic=self.config.mic)
             mic_off = (self.config.mic or "").strip().lower() == "none"
             if mic_off and source.has_audio:
-                source = VisualOnly(source, "the microphone was turned off (--mic none)")
+                source = RecordSource(source, audio=False)
             info = self.info
             info.source, info.fps = source.name, source.fps
             info.width, info.height = source.width, source.height

@@ -40,15 +40,20 @@ class SessionError(EriError, OSError):
     """A session folder cannot be written or read; the message names it and the fix."""
 
 
+class NewerSessionError(SessionError):
+    """A session written by a newer ERI Live, in a format this one does not read."""
+
+
 def now_iso() -> str:
     """The current time as ISO 8601 with the UTC offset, to the millisecond."""
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
-def versions() -> dict[str, str]:
-    """Python, the platform and the versions of the libraries a session depends on."""
+def versions(*extra: str) -> dict[str, str]:
+    """Python, the platform and the versions of the libraries a session depends on (and of the
+    ``extra`` distributions), those installed."""
     found = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in _VERSION_DISTS:
+    for dist in (*_VERSION_DISTS, *extra):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -155,7 +160,7 @@ def read_session(path: str | Path) -> dict[str, Any]:
             "be opened directly, e.g. `eri analyze` on the folder."
         )
     if version > SESSION_FORMAT_VERSION:
-        raise SessionError(
+        raise NewerSessionError(
             f"{file} has session format {version}, newer than this ERI Live reads "
             f"({SESSION_FORMAT_VERSION}); upgrade ERI Live (pip install -U eri-live)."
         )

@@ -39,6 +39,7 @@ from eri.realtime.session.format import (
     PREDICTIONS,
     REPORT,
     SESSION_FORMAT_VERSION,
+    SESSION_JSON,
     VIDEO,
     MarkerWriter,
     SessionError,
@@ -48,6 +49,7 @@ from eri.realtime.session.format import (
     write_session_json,
 )
 from eri.realtime.sources.events import AudioChunk, VideoFrame
+from eri.realtime.writable import unwritable
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def _reason(exc: BaseException) -> str:
 
 def check_session_dir(out_dir: str | Path) -> Path:
     """Refuse, without creating anything, a session folder that is a file, exists and is not
-    empty, or cannot be created (SessionError)."""
+    empty, or cannot be created or written (SessionError)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SessionError(f"Session folder {out} is a file; choose a new folder name.")
@@ -105,12 +107,12 @@ def check_session_dir(out_dir: str | Path) -> Path:
             f"Session folder {out} already exists and is not empty; choose a new folder or "
             "remove it first (a session is never written over)."
         )
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    problem = unwritable(out / SESSION_JSON)
+    if problem is not None:
+        kind, where = problem
         raise SessionError(
-            f"Cannot create the session folder {out}: {existing} is a file; choose another folder."
+            f"Cannot write the session folder {out}: {where} "
+            f"{'is a file' if kind == 'file' else 'is not writable'}; choose a writable location."
         )
     return out
 
@@ -207,6 +209,7 @@ class SessionRecorder:
         self._wav_pending: list[bytes] = []
         self._last_flush = time.monotonic()
         self._report_written = False
+        self._i420 = np.empty((self.height * 3 // 2, self.width), np.uint8)
         self._open_files()
         try:
             self._write_json()
@@ -278,6 +281,11 @@ class SessionRecorder:
     @property
     def markers_written(self) -> int:
         return self._markers.count
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Video queued for the writer, not yet encoded (bytes of RGB frames)."""
+        return self._backlog_bytes
 
     # ------------------------------------------------------------------ capture side
     def on_event(self, event: VideoFrame | AudioChunk) -> None:
@@ -398,7 +406,8 @@ class SessionRecorder:
 
     def _to_i420(self, image: np.ndarray) -> np.ndarray:
         """RGB [H, W, 3] uint8 -> I420 planes [height * 3 / 2, width] uint8 at the video size
-        (OpenCV: several times faster than swscale's RGB conversion)."""
+        (OpenCV: several times faster than swscale's RGB conversion), into one buffer reused
+        for every frame (``av.VideoFrame.from_ndarray`` copies it)."""
         import cv2
 
         h, w = image.shape[:2]
@@ -407,7 +416,7 @@ class SessionRecorder:
                 image = image[: self.height, : self.width]  # odd size: drop the last row/column
             else:
                 image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
-        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV_I420)
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV_I420, dst=self._i420)
 
     def _push_audio(self, samples: np.ndarray) -> None:
         """Samples [n] float32 to the WAV buffer and the AAC encoder (in 1024-sample frames)."""
