@@ -311,23 +311,27 @@ def metrics_history(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_dual_branch_learns_the_generated_cues(generated_dataset, small_cache, tmp_path):
+def test_dual_branch_learns_the_generated_cues(small_cache, tmp_path):
     """Learning, not just running: each branch alone learns its modality's labels, and the
-    fusion of the two carries both onto the held-out Val split (16 clips)."""
+    fusion of the two carries both onto the held-out Val split.
+
+    Its own generated set, twice the shared fixture's Train: with 48 training clips the fused
+    model overfits (Val mean PCC 0.77-0.78 with 30 or 200 fusion epochs) although each branch
+    alone reaches 0.8-0.96 on its labels; with 96 it reached 0.94 (branches 0.90-0.98).
+    """
+    from eri.training.data import generate_dataset
     from eri.training.run import train
 
-    config = small_config(branch_epochs=10, epochs=30, batch_size=8)
-    result = train(
-        generated_dataset, config, tmp_path / "run", cache_root=small_cache, progress=False
-    )
+    data = generate_dataset(tmp_path / "data", clips={"Train": 96, "Val": 24, "Test": 2})
+    config = small_config(branch_epochs=10, epochs=60, batch_size=8)
+    result = train(data, config, tmp_path / "run", cache_root=small_cache, progress=False)
     stages = result.metrics["stages"]
     audio = {e: round(stages["audio"]["pcc"][e], 3) for e in AUDIBLE}
     visual = {e: round(stages["visual"]["pcc"][e], 3) for e in VISIBLE}
     fused = {e: round(result.metrics["val"]["pcc"][e], 3) for e in VISIBLE + AUDIBLE}
-    print("audio", audio, "visual", visual, "fused", fused)
     assert min(audio.values()) >= 0.7, audio
     assert min(visual.values()) >= 0.7, visual
-    assert min(fused.values()) >= 0.6, fused
+    assert min(fused.values()) >= 0.7, fused
     assert result.metrics["val"]["mean_pcc"] >= 0.8, result.metrics["val"]
 
 
@@ -430,3 +434,27 @@ def test_cnn_lstm_freezes_its_cnn_only_with_pretrained_weights(tmp_path):
     assert not any(p.requires_grad for p in model.backbone.parameters())
     scratch = get_recipe("cnn_lstm")(resolve_config(recipe="cnn_lstm")).build_model()
     assert scratch.frozen_parts() == ()
+
+
+@pytest.mark.slow
+def test_kfold_over_a_dataset_without_val(small_cache, tmp_path):
+    """`--folds 2` on a dataset that has only a Train split: two folds, each trained on one
+    half and scored on the other, the per-fold and mean results in metrics.json, and RUN/bundle
+    is the fold with the better held-out mean PCC."""
+    from eri.training.data import generate_dataset
+    from eri.training.run import train
+
+    data = generate_dataset(tmp_path / "data", clips={"Train": 8})
+    config = small_config(branch_epochs=1, epochs=1, folds=2)
+    result = train(data, config, tmp_path / "run", cache_root=small_cache, progress=False)
+    folds = result.metrics["folds"]
+    assert folds["k"] == 2 and len(folds["folds"]) == 2
+    per_fold = [f["mean_pcc"] for f in folds["folds"]]
+    assert folds["mean"]["mean_pcc"] == pytest.approx(np.mean(per_fold), abs=1e-9)
+    assert folds["chosen"] == f"fold_{int(np.argmax(per_fold)) + 1}"
+    assert result.metrics["val"]["mean_pcc"] == pytest.approx(max(per_fold), abs=1e-9)
+    assert sum(f["n"] for f in folds["folds"]) == 8  # every clip held out exactly once
+    for k in (1, 2):
+        assert (tmp_path / "run" / "folds" / f"fold_{k}" / "bundle" / "bundle.json").is_file()
+    meta = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert meta["trained"] is True and meta["provenance"]["folds"]["chosen"] == folds["chosen"]
