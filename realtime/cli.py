@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eri import __version__
+from eri.argtypes import int_at_least, positive_float
 from eri.choices import (
     BACKENDS,
     BENCHMARK_MODES,
@@ -551,29 +552,6 @@ def _subject(text: str) -> str | int:
     raise argparse.ArgumentTypeError("use largest, center or a face index (0, 1, ...)")
 
 
-def _int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is too small; use at least {minimum}{why}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
-
-
 def _comma_list(kind: str, allowed: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
     """A comma-separated list whose every item is one of ``allowed`` (else argparse's exit 2)."""
 
@@ -643,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(arch=None, backend=None)  # not given: the viewer's saved choice
     p.add_argument("--record", metavar="DIR", help="record a session into this new folder")
     p.add_argument(
-        "--exit-after", type=_positive_float, metavar="S", help="close the window after S seconds"
+        "--exit-after", type=positive_float, metavar="S", help="close the window after S seconds"
     )
     p.add_argument(
         "--screenshot", metavar="PNG", help="save the window as a PNG when it closes (scripts)"
@@ -667,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="0",
         mic_help="microphone name or index, or none (visual-only)",
     )
-    p.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -784,25 +762,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--frames",
-        type=_int_at_least(BENCH_MIN_FRAMES, f" (twice the {BENCH_WARMUP} warm-up frames)"),
+        type=int_at_least(BENCH_MIN_FRAMES, f" (twice the {BENCH_WARMUP} warm-up frames)"),
         default=BENCH_FRAMES,
         help=f"measured frames per run, at least {BENCH_MIN_FRAMES} (default: {BENCH_FRAMES})",
     )
     p.add_argument(
         "--repeats",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=BENCH_REPEATS,
         help=f"runs per configuration, interleaved (default: {BENCH_REPEATS})",
     )
     p.add_argument(
         "--threads",
-        type=_int_at_least(0),
+        type=int_at_least(0),
         default=0,
         help="intra-op threads (default 0: the runtime's choice)",
     )
     p.add_argument(
         "--pace-fps",
-        type=_positive_float,
+        type=positive_float,
         help="frame rate the live mode plays the source at (default: its own)",
     )
     p.add_argument("--json", help="write the full result as JSON")

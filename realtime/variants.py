@@ -183,6 +183,15 @@ def load_calibration(bundle: Any, calib: str | Path) -> tuple[Any, Any]:
     return data, held
 
 
+def _install(report: VariantReport, made: dict[str, Path], final: dict[str, Path]) -> VariantReport:
+    """Move the checked files ``made`` (graph -> temporary path) to ``final`` in one step each
+    (os.replace), so a failed or refused export leaves nothing half-written beside the bundle."""
+    for graph, path in made.items():
+        os.replace(path, final[graph])
+    report.paths, report.installed = final, True
+    return report
+
+
 def export_variant(
     bundle: Any,
     fmt: str,
@@ -249,11 +258,7 @@ def export_variant(
             report.checks = [_absolute(head), _absolute(e2e)]
         if check and not report.ok:
             return report
-        final = variant_paths(out_dir, fmt)
-        for graph, path in made.items():
-            os.replace(path, final[graph])
-        report.paths, report.installed = final, True
-        return report
+        return _install(report, made, variant_paths(out_dir, fmt))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -415,10 +420,6 @@ def export_engines(
         report.fmt = fmt
         if check and not report.ok:
             return report
-        final = {graph: out_dir / path.name for graph, path in made.items()}
-        for graph, path in made.items():
-            os.replace(path, final[graph])
-        report.paths, report.installed = final, True
-        return report
+        return _install(report, made, {graph: out_dir / p.name for graph, p in made.items()})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from eri.argtypes import int_at_least, positive_float
+
 log = logging.getLogger(__name__)
 
 #: Flags that override config keys (flag dest -> config key).
@@ -31,29 +33,6 @@ CONFIG_FLAGS = {
     "workers": "workers",
     "pretrained": "pretrained",
 }
-
-
-def _int_min(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is too small; use at least {minimum}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -73,13 +52,13 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="training recipe (default: dual_branch)")
     p.add_argument("--arch", help="architecture; picks the recipe that trains it")
     p.add_argument("--config", metavar="YAML", help="YAML of config keys overriding the recipe's")
-    p.add_argument("--epochs", type=_int_min(1), help="epochs of the last (or only) stage")
-    p.add_argument("--batch-size", type=_int_min(1), help="windows per step over all processes")
-    p.add_argument("--lr", type=_positive_float, help="learning rate")
+    p.add_argument("--epochs", type=int_at_least(1), help="epochs of the last (or only) stage")
+    p.add_argument("--batch-size", type=int_at_least(1), help="windows per step over all processes")
+    p.add_argument("--lr", type=positive_float, help="learning rate")
     p.add_argument("--loss", choices=("mse", "pcc", "ccc"), help="training loss")
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/<recipe>-<time>)")
     p.add_argument(
-        "--folds", type=_int_min(2), help="k-fold cross-validation over Train+Val with K folds"
+        "--folds", type=int_at_least(2), help="k-fold cross-validation over Train+Val with K folds"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
@@ -87,7 +66,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PATH",
         help="backbone weights (torchvision-style or AffectNet ResNet state dict)",
     )
-    p.add_argument("--workers", type=_int_min(0), help="DataLoader worker processes")
+    p.add_argument("--workers", type=int_at_least(0), help="DataLoader worker processes")
     p.add_argument(
         "--cache",
         metavar="DIR",

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eri.argtypes import int_at_least
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -226,16 +228,6 @@ def evaluate_bundle(
 
 
 # --------------------------------------------------------------------------- the command
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small; use at least 1")
-    return value
-
-
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``eri evaluate`` on the ``eri`` command's subparsers."""
     p = subparsers.add_parser(
@@ -263,12 +255,12 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=int_at_least(1),
         default=DEFAULT_BATCH_SIZE,
         help=f"windows per forward pass (default: {DEFAULT_BATCH_SIZE})",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=_positive_int, help="preprocessing processes")
+    p.add_argument("--workers", type=int_at_least(1), help="preprocessing processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
     return p

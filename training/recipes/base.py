@@ -205,3 +205,22 @@ def head_stage(run: Trainer, name: str, parts: tuple[str, ...], epochs: int) -> 
         return run.encode(run.train_set, frame_features), run.encode(run.val_set, frame_features)
 
     return Stage(name, parts, head_forward, data, epochs)
+
+
+class FrameFeatureRecipe(Recipe):
+    """A per-frame network (``FRAME_PART``) and a temporal head: with the frame part frozen,
+    its features are computed once per clip and only the head trains on them; otherwise the
+    whole model trains end to end on the cached windows."""
+
+    #: The per-frame network's part (``model.parts()``).
+    FRAME_PART: str = ""
+
+    def stages(self, run: Trainer) -> Iterator[Stage]:
+        model = run.model
+        frozen = model.frozen_parts()
+        parts = tuple(p for p in model.parts() if p not in frozen)
+        if self.FRAME_PART in frozen:
+            yield head_stage(run, "head", parts, self.config.epochs)
+        else:
+            windows = lambda: (run.train_set, run.val_set)  # noqa: E731
+            yield Stage("end_to_end", parts, window_forward, windows, self.config.epochs)

@@ -10,24 +10,21 @@ ResNet50 per frame), with a warning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from eri.training.recipes.base import Recipe, Stage, head_stage, window_forward
+from eri.training.recipes.base import FrameFeatureRecipe
 
 if TYPE_CHECKING:
     from eri.models.base import StreamingModel
-    from eri.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 
-class CnnLstmRecipe(Recipe):
+class CnnLstmRecipe(FrameFeatureRecipe):
     """Frozen ImageNet CNN features (computed once) -> LSTM head; end to end without them."""
 
     name = "cnn_lstm"
     arch = "cnn_lstm"
-    #: The per-frame CNN's part (``model.parts()``).
     FRAME_PART = "backbone"
 
     def frozen_parts(self, model: StreamingModel) -> tuple[str, ...]:
@@ -38,13 +35,3 @@ class CnnLstmRecipe(Recipe):
             "the paper used ImageNet weights (pass --pretrained PATH)"
         )
         return ()
-
-    def stages(self, run: Trainer) -> Iterator[Stage]:
-        model = run.model
-        frozen = model.frozen_parts()
-        parts = tuple(p for p in model.parts() if p not in frozen)
-        if self.FRAME_PART in frozen:
-            yield head_stage(run, "head", parts, self.config.epochs)
-        else:
-            windows = lambda: (run.train_set, run.val_set)  # noqa: E731
-            yield Stage("end_to_end", parts, window_forward, windows, self.config.epochs)

@@ -10,33 +10,20 @@ whole model end to end on the cached windows instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from eri.training.recipes.base import Recipe, Stage, head_stage, window_forward
+from eri.training.recipes.base import FrameFeatureRecipe
 
 if TYPE_CHECKING:
     from eri.models.base import StreamingModel
-    from eri.training.trainer import Trainer
 
 
-class MtlDanRecipe(Recipe):
+class MtlDanRecipe(FrameFeatureRecipe):
     """Frozen MTL-DAN features (computed once) -> LSTM head."""
 
     name = "mtl_dan"
     arch = "mtl_dan"
-    #: The per-frame MTL-DAN's part (``model.parts()``).
     FRAME_PART = "frame_encoder"
 
     def frozen_parts(self, model: StreamingModel) -> tuple[str, ...]:
         return (self.FRAME_PART,) if model.config.get("freeze_frame_encoder", True) else ()
-
-    def stages(self, run: Trainer) -> Iterator[Stage]:
-        model = run.model
-        frozen = model.frozen_parts()
-        parts = tuple(p for p in model.parts() if p not in frozen)
-        if self.FRAME_PART in frozen:
-            yield head_stage(run, "head", parts, self.config.epochs)
-        else:
-            windows = lambda: (run.train_set, run.val_set)  # noqa: E731
-            yield Stage("end_to_end", parts, window_forward, windows, self.config.epochs)
