@@ -245,27 +245,45 @@ def check_calibration_args(args: argparse.Namespace, precision: str) -> None:
 def export_precision_variant(args: argparse.Namespace, bundle: Any, fmt: Any, out_dir: Path) -> int:
     """`eri export --format onnx-fp16 | onnx-int8`: the variant, checked before it is moved into
     place with --check, and recorded in bundle.json when written beside the bundle."""
-    from eri.models.bundle import record_export
     from eri.realtime.variants import export_variant
 
     report = export_variant(
         bundle, fmt.name, out_dir, calib=args.calib, method=args.calib_method, check=args.check
     )
+    extra = {}
+    if fmt.precision == "int8":
+        method = args.calib_method or CALIBRATION_METHODS[0]
+        extra["calibration"] = {"cache": str(Path(args.calib).resolve()), "method": method}
+    return _install_report(
+        args, bundle, fmt, out_dir, report, f"The {fmt.precision} export differs", extra
+    )
+
+
+def _install_report(
+    args: argparse.Namespace,
+    bundle: Any,
+    fmt: Any,
+    out_dir: Path,
+    report: Any,
+    what: str,
+    extra: dict[str, Any],
+) -> int:
+    """Print an export's check, refuse one that was not written, log the files and record
+    them in bundle.json when they were written beside it (``extra``: format-specific facts)."""
+    from eri.models.bundle import record_export
+
     for line in report.lines():
         print(line)
     if not report.installed:
         raise UserError(
-            f"The {fmt.precision} export differs from fp32 torch beyond its tolerance "
-            f"({report.tolerance:g}), so it was not written; report this with the bundle."
+            f"{what} from fp32 torch beyond the tolerance ({report.tolerance:g}), so it was "
+            "not written; report this with the bundle."
         )
     for graph, path in report.paths.items():
         log.info("wrote %s", path)
         if out_dir == bundle.path:
             info = {"file": path.name, "format": fmt.name, "precision": fmt.precision}
-            if fmt.precision == "int8":
-                info["calibration"] = {"cache": str(Path(args.calib).resolve())}
-                info["calibration"]["method"] = args.calib_method or CALIBRATION_METHODS[0]
-            record_export(bundle.path, path.name, {**info, "graph": graph})
+            record_export(bundle.path, path.name, {**info, **extra, "graph": graph})
     if args.check:
         print(f"OK: within {report.tolerance:g}")
     return 0
@@ -275,7 +293,6 @@ def export_engine_format(args: argparse.Namespace, bundle: Any, fmt: Any, out_di
     """`eri export --format engine | engine-fp16 | engine-int8`: TensorRT engines built on this
     GPU from the precision's ONNX (int8: the Q/DQ export is made from --calib first), checked
     against fp32 torch with --check, and recorded in bundle.json when written beside it."""
-    from eri.models.bundle import record_export
     from eri.models.engine import check_precision_supported, current_device
     from eri.models.export import export_format
     from eri.models.precision import variant_paths
@@ -288,22 +305,10 @@ def export_engine_format(args: argparse.Namespace, bundle: Any, fmt: Any, out_di
         export_precision_variant(args, bundle, export_format("onnx-int8"), out_dir)
         onnx = variant_paths(out_dir, "onnx-int8")
     report = export_engines(bundle, fmt.name, out_dir, onnx=onnx, check=args.check)
-    for line in report.lines():
-        print(line)
-    if not report.installed:
-        raise UserError(
-            f"The {fmt.name} engines differ from fp32 torch beyond their tolerance "
-            f"({report.tolerance:g}), so they were not written; report this with the bundle."
-        )
-    for graph, path in report.paths.items():
-        log.info("wrote %s", path)
-        if out_dir == bundle.path:
-            info = {"file": path.name, "format": fmt.name, "precision": fmt.precision}
-            info.update(graph=graph, gpu=device.gpu, tensorrt=device.tensorrt)
-            record_export(bundle.path, path.name, info)
-    if args.check:
-        print(f"OK: within {report.tolerance:g}")
-    return 0
+    extra = {"gpu": device.gpu, "tensorrt": device.tensorrt}
+    return _install_report(
+        args, bundle, fmt, out_dir, report, f"The {fmt.name} engines differ", extra
+    )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
