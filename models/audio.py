@@ -258,10 +258,15 @@ def audio_present_in(
 
     ``level_db`` [n] from :func:`frame_level_db`, ``frame_end_s`` [n] their end times.
     """
+    inside = in_span(frame_end_s, span)
+    return bool(inside.any() and np.asarray(level_db)[inside].max() > SILENCE_DB)
+
+
+def in_span(frame_end_s: np.ndarray, span: tuple[float, float]) -> np.ndarray:
+    """bool [n]: which frame end times lie in ``span = (start, end]`` (1e-9 s tolerance)."""
     start, end = span
     ends = np.asarray(frame_end_s, dtype=np.float64)
-    inside = (ends > start - _TIME_EPS) & (ends <= end + _TIME_EPS)
-    return bool(inside.any() and np.asarray(level_db)[inside].max() > SILENCE_DB)
+    return (ends > start - _TIME_EPS) & (ends <= end + _TIME_EPS)
 
 
 def frame_end_times(n_frames: int, spec: AudioSpec, start_s: float = 0.0) -> np.ndarray:
@@ -439,10 +444,12 @@ class StreamingFrontEnd:
         return self._frames[order], self._ends[order]
 
     def audio_present(self, span: tuple[float, float]) -> bool:
-        """:func:`audio_present_in` over the held frames."""
-        order = self._order()
+        """:func:`audio_present_in` over the held frames; only the frames in ``span`` get their
+        level computed (this runs at every output step)."""
+        slots = self._order()
+        slots = slots[in_span(self._ends[slots], span)]
         return audio_present_in(
-            frame_level_db(self._frames[order], self.spec), self._ends[order], span
+            frame_level_db(self._frames[slots], self.spec), self._ends[slots], span
         )
 
     def tokens(self, sample_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
