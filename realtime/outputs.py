@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,28 +109,60 @@ class PredictionWriter:
 def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
     """A predictions CSV as columns: {name: array [rows]}."""
     with Path(path).open(newline="") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    if tuple(header) != CSV_COLUMNS:
-        raise ValueError(f"{path} has columns {header}, not {list(CSV_COLUMNS)}.")
-    data = np.array(body, dtype=np.float64).reshape(len(body), len(header))
+        header = next(csv.reader(f), [])
+        if tuple(header) != CSV_COLUMNS:
+            raise ValueError(f"{path} has columns {header}, not {list(CSV_COLUMNS)}.")
+        # np.loadtxt parses a 30-minute session (54,000 rows) about 3x faster than csv.reader.
+        with warnings.catch_warnings():  # a session without rows: "input contained no data"
+            warnings.simplefilter("ignore", UserWarning)
+            data = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+    data = data.reshape(-1, len(header))
     return {name: data[:, i] for i, name in enumerate(header)}
 
 
 def _spans(times: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
-    """Contiguous [start, end) time spans where ``mask`` is True."""
-    spans: list[tuple[float, float]] = []
-    start = None
-    for i, on in enumerate(mask):
-        if on and start is None:
-            start = times[i]
-        if not on and start is not None:
-            spans.append((start, times[i]))
-            start = None
-    if start is not None:
-        end = times[-1] + (times[-1] - times[-2] if len(times) > 1 else 0.04)
-        spans.append((start, end))
-    return spans
+    """Contiguous [start, end) time spans where ``mask`` [N] is True; a span that runs to the
+    end closes one frame period after the last time."""
+    times = np.asarray(times, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return []
+    edges = np.diff(np.concatenate(([False], mask, [False])).astype(np.int8))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # ends exclusive
+    last = times[-1] + (times[-1] - times[-2] if len(times) > 1 else 0.04)
+    end_times = np.append(times, last)[ends]
+    return [(float(a), float(b)) for a, b in zip(times[starts], end_times)]
+
+
+def envelope(times: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """A long curve reduced for drawing: times [N], values [N, C] -> at most ``2 * bins``
+    points per column, each of ``bins`` consecutive runs of samples kept as its minimum and
+    maximum (at their own times, in time order), so a plot ``bins`` pixels wide looks the same.
+    Curves of at most ``2 * bins`` points come back unchanged. Returns times [M, C] and
+    values [M, C]."""
+    n = len(times)
+    values = np.asarray(values).reshape(n, -1)
+    cols = values.shape[1]
+    if n <= 2 * bins:
+        return np.repeat(np.asarray(times)[:, None], cols, axis=1), values
+    edges = np.linspace(0, n, bins + 1).astype(np.int64)
+    lo = np.minimum.reduceat(values, edges[:-1], axis=0)  # [bins, C]
+    hi = np.maximum.reduceat(values, edges[:-1], axis=0)
+    idx = np.arange(n)[:, None]
+    # Index of each run's minimum and maximum: the first sample equal to it in the run.
+    run = np.repeat(np.arange(bins), np.diff(edges))
+    at_lo = np.where(values == lo[run], idx, n)
+    at_hi = np.where(values == hi[run], idx, n)
+    i_lo = np.minimum.reduceat(at_lo, edges[:-1], axis=0)
+    i_hi = np.minimum.reduceat(at_hi, edges[:-1], axis=0)
+    first, second = np.minimum(i_lo, i_hi), np.maximum(i_lo, i_hi)
+    order = np.stack([first, second], axis=1).reshape(2 * bins, cols)  # time order per column
+    return np.asarray(times)[order], np.take_along_axis(values, order, axis=0)
+
+
+#: Horizontal resolution the report's curves are reduced to (:func:`envelope`): about the
+#: plot's width in pixels at its size and dpi.
+REPORT_BINS = 1000
 
 
 def plot_curves(
@@ -155,12 +188,12 @@ def plot_curves(
     )
     colours = plt.get_cmap("tab10").colors
     lost = _spans(times, face < 0.5) if has_video and len(times) else []
+    bars = [(a, b - a) for a, b in lost]
+    line_t, line_y = envelope(times, intensities, REPORT_BINS)
     for i, (ax, name) in enumerate(zip(axes, EMOTIONS)):
-        for a, b in lost:
-            ax.axvspan(
-                a, b, color="0.85", lw=0, label="face lost" if i == 0 and a == lost[0][0] else None
-            )
-        ax.plot(times, intensities[:, i], color=colours[i % 10], lw=1.4)
+        if bars:  # one collection per axis: thousands of spans draw as fast as one
+            ax.broken_barh(bars, (0, 1), color="0.85", lw=0, label="face lost" if i == 0 else None)
+        ax.plot(line_t[:, i], line_y[:, i], color=colours[i % 10], lw=1.4)
         ax.set_ylim(0, 1)
         ax.set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center")
         ax.grid(alpha=0.3)
