@@ -324,3 +324,151 @@ def test_real_video_is_preprocessed(media_dir, tmp_path):
     none = report.cache.load(index.clips[1].clip_id)
     assert not none.visual_present and not none.faces.any()
     assert index.clips[0].labels.tolist() == [1.0] * 7
+
+
+# ----------------------------------------------------------------------------- long clips
+class _Tracker:
+    """The live tracker, recording which files it sees open in ``watch`` (Linux /proc) and
+    raising at frame ``fail_at`` (a failure midway through a clip)."""
+
+    def __init__(self, tracker, watch: Path, fail_at: int | None = None) -> None:
+        self.tracker, self.watch, self.fail_at = tracker, watch, fail_at
+        self.frames, self.open_seen = 0, set()
+
+    def reset(self) -> None:
+        self.tracker.reset()
+        self.frames = 0
+
+    def process(self, image, time_s):
+        self.frames += 1
+        self.open_seen |= _open_files_in(self.watch)
+        if self.frames == self.fail_at:
+            raise RuntimeError("failed midway")
+        return self.tracker.process(image, time_s)
+
+
+def _open_files_in(folder: Path, pid: int | str = "self") -> set[str]:
+    """Targets of the process's open file descriptors inside ``folder``."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(f"{folder}/"):
+            out.add(target)
+    return out
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory):
+    """One generated clip of 8 s at 15 fps (120 frames, a face in each), and a live tracker."""
+    from eri.realtime.face import FaceTracker
+
+    data = generate_dataset(
+        tmp_path_factory.mktemp("long") / "data", clips={"Train": 1}, duration_s=8.0, seed=5
+    )
+    config = PreprocessConfig(WindowSpec(16, 12.8), CropSpec(), AudioSpec())
+    tracker = FaceTracker(crop=config.crop)
+    yield open_dataset(data).clips[0], config, tracker
+    tracker.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_long_clip_spills_crops_and_caches_the_same_window(long_clip, tmp_path):
+    """Crops beyond the memory budget go to an unnamed file in the spill folder; the cached
+    window is bit for bit the one of holding every crop in memory (and of a reference that
+    tracks the frames here and picks the nearest crops itself); nothing is left behind."""
+    from eri.models.spec import nearest_indices
+    from eri.realtime.sources.files import FileSource
+    from eri.training.windows import extract_clip
+
+    clip, config, tracker = long_clip
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    crop_bytes = 112 * 112 * 3
+    results = {}
+    for budget in (None, 0, 50 * crop_bytes):  # all in memory, all on disk, from frame 51 on
+        watched = _Tracker(tracker, spill)
+        results[budget] = extract_clip(
+            clip, config, watched, spill_dir=spill, spill_bytes=budget
+        ).arrays()
+        assert len(watched.open_seen) == (0 if budget is None else 1), budget
+        assert all(name.endswith("(deleted)") for name in watched.open_seen)  # no name on disk
+        assert not list(spill.iterdir()) and not _open_files_in(spill)
+    held = results[None]
+    assert held["faces"].shape == (16, 112, 112, 3) and held["face_found"].all()
+    for budget in (0, 50 * crop_bytes):
+        assert results[budget].keys() == held.keys()
+        for key, value in held.items():
+            assert np.array_equal(results[budget][key], value), (budget, key)
+
+    tracker.reset()
+    times, crops = [], []
+    for frame in FileSource(clip.video, audio=False):
+        crops.append(tracker.process(frame.image, frame.time_s).crop)
+        times.append(frame.time_s)
+    assert len(crops) == 120 and all(c is not None for c in crops)
+    picks = nearest_indices(np.array(times), held["sample_times"])
+    assert len(set(picks.tolist())) == 16  # sixteen different frames, none of them at the start
+    assert np.array_equal(held["faces"], np.stack([crops[i] for i in picks]))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_failure_midway_leaves_no_spill_file(long_clip, tmp_path):
+    from eri.training.windows import extract_clip
+
+    clip, config, tracker = long_clip
+    watched = _Tracker(tracker, tmp_path, fail_at=60)
+    with pytest.raises(RuntimeError, match="failed midway"):
+        extract_clip(clip, config, watched, spill_dir=tmp_path, spill_bytes=0)
+    assert len(watched.open_seen) == 1  # it was spilling when it failed
+    assert not list(tmp_path.iterdir()) and not _open_files_in(tmp_path)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_killed_worker_leaves_no_spill_file(long_clip, tmp_path):
+    """SIGKILL while the crops are in the spill file: the file goes with the process."""
+    clip, config, _ = long_clip
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    code = (
+        "from pathlib import Path\n"
+        "from eri.realtime.face import FaceTracker\n"
+        "from eri.training.data import open_dataset\n"
+        "from eri.training.preprocess import PreprocessConfig\n"
+        "from eri.training.windows import extract_clip\n"
+        f"config = PreprocessConfig.from_dict({config.to_dict()!r})\n"
+        f"clip = open_dataset({str(clip.video.parents[2])!r}).clips[0]\n"
+        "for _ in range(20):\n"
+        "    extract_clip(clip, config, FaceTracker(crop=config.crop),"
+        f" spill_dir=Path({str(spill)!r}), spill_bytes=0)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        seen = set()
+        while time.monotonic() < deadline and proc.poll() is None and not seen:
+            seen = _open_files_in(spill, proc.pid)
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert len(seen) == 1, "the worker must be killed while spilling"
+    assert not list(spill.iterdir())
+
+
+def test_stale_named_spill_files_are_cleaned(tmp_path):
+    """Where a spill file has a name (no O_TMPFILE), a dead worker's is removed at the next
+    run's start, a live worker's kept."""
+    from eri.training.crop_store import SPILL_PREFIX
+    from eri.training.preprocess import _clean_stale_tmp
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{SPILL_PREFIX}k2x_9q.{dead.pid}.tmp"
+    live = tmp_path / f"{SPILL_PREFIX}a8c1zz.{os.getpid()}.tmp"
+    stale.write_bytes(b"\0" * 10)
+    live.write_bytes(b"\0" * 10)
+    _clean_stale_tmp(tmp_path)
+    assert not stale.exists() and live.exists()

@@ -8,8 +8,9 @@ tracker, the audio through the live front end, the window sampled over the whole
 The cache folder is ``<cache_root>/<dataset>-<hash of its path>/<config key>``: a change of
 WindowSpec, CropSpec, AudioSpec, tracker defaults or schema is a new key and a new folder. One
 ``.npz`` per clip, written to a temporary name and renamed, so a killed run resumes where it
-stopped; files of clips whose media changed (size or time) are redone. Unreadable media are
-skipped, logged and listed in ``report.json``; the run goes on.
+stopped (a long clip's face crops wait in a temporary file in the same folder, so a worker's
+memory does not grow with the clip); files of clips whose media changed (size or time) are
+redone. Unreadable media are skipped, logged and listed in ``report.json``; the run goes on.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def _run_one(clip: Clip, path: str, config: PreprocessConfig | None = None) -> t
     config = config or _WORKER["config"]
     try:
         tracker = _tracker(config) if clip.video is not None else None
-        cached = extract_clip(clip, config, tracker)
+        cached = extract_clip(clip, config, tracker, spill_dir=Path(path).parent)
         write_npz(Path(path), cached)
     except Exception as exc:  # unreadable media must not stop the run; listed in the report
         reason = str(exc).strip() or type(exc).__name__
@@ -203,7 +204,9 @@ def _reusable(path: Path, clip: Clip) -> bool:
 
 
 def _clean_stale_tmp(folder: Path) -> None:
-    """Remove temporary files left by killed runs (their pid no longer exists)."""
+    """Remove temporary files left by killed runs (their pid no longer exists): ``.npz`` and
+    JSON files being written, and crop spill files where they have a name (``.crops-*.PID.tmp``;
+    on Linux they have none)."""
     for tmp in folder.glob(".*.tmp"):
         try:
             pid = int(tmp.name.rsplit(".", 2)[-2])

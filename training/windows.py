@@ -7,9 +7,12 @@ step at the last frame), sampled by ``WindowSpec.clip_sample_times``. The video 
 with the live :class:`~eri.realtime.sources.files.FileSource` and every frame goes through the
 live tracker in order (it smooths and bridges gaps frame to frame, so no frame can be skipped
 without changing the crops); each sample takes the crop of the nearest frame that has a face
-(the live window's rule, ties to the earlier frame). The audio (a separate file, or the video's
-own track decoded in the same pass, with the live source's times) goes through the one
-resampler and :mod:`eri.models.audio`: tokens and the silence rule exactly as live.
+(the live window's rule, ties to the earlier frame); the sample times need the clip's
+duration, so the crops wait until its end in a :class:`~eri.training.crop_store.CropStore`
+(bounded memory, then an unnamed temporary file beside the cache). The audio (a separate
+file, or the video's own track decoded in the same pass, with the live source's times) goes
+through the one resampler and :mod:`eri.models.audio`: tokens and the silence rule exactly as
+live.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +42,7 @@ from eri.models.audio import (
 )
 from eri.models.crop import to_tensor_layout
 from eri.models.spec import NUM_EMOTIONS, WindowSpec, nearest_indices
+from eri.training.crop_store import SPILL_BYTES, CropStore
 from eri.training.data.clips import Clip, DatasetError
 
 if TYPE_CHECKING:
@@ -235,20 +240,21 @@ class MediaError(EriError, ValueError):
 @dataclass
 class _Decoded:
     times: np.ndarray  # [N] float64 frame times (s)
-    crops: list[np.ndarray | None]  # [N] crops [S, S, 3] uint8, None: no face on that frame
+    has_face: np.ndarray  # [N] bool: the tracker gave a crop (held in order in the store)
     decode_errors: int = 0
     wave: np.ndarray | None = None  # [S] float32 mono audio at the spec's rate
     audio_start: float = 0.0  # time of the first audio sample (s)
 
 
-def _decode_video(path: Path, tracker: Any, own_audio: bool) -> _Decoded:
-    """Decode the video once, tracking every frame in order; with ``own_audio`` also its audio
-    track, as the live FileSource delivers it (same resampler, times and gap filling)."""
+def _decode_video(path: Path, tracker: Any, own_audio: bool, store: CropStore) -> _Decoded:
+    """Decode the video once, tracking every frame in order (crops into ``store``); with
+    ``own_audio`` also its audio track, as the live FileSource delivers it (same resampler,
+    times and gap filling)."""
     from eri.realtime.sources.events import AudioChunk
     from eri.realtime.sources.files import FileSource
 
     tracker.reset()
-    times, crops, chunks = [], [], []
+    times, has_face, chunks = array("d"), bytearray(), []
     source = FileSource(path, audio=own_audio)
     for event in source:
         if isinstance(event, AudioChunk):
@@ -256,8 +262,14 @@ def _decode_video(path: Path, tracker: Any, own_audio: bool) -> _Decoded:
             continue
         result = tracker.process(event.image, event.time_s)
         times.append(event.time_s)
-        crops.append(result.crop)
-    out = _Decoded(np.asarray(times, np.float64), crops, int(source.stats()["decode_errors"]))
+        has_face.append(result.crop is not None)
+        if result.crop is not None:
+            store.append(result.crop)
+    out = _Decoded(
+        np.array(times, np.float64),
+        np.array(has_face, bool),
+        int(source.stats()["decode_errors"]),
+    )
     samples = [c.samples for c in chunks]
     if samples and sum(map(len, samples)):
         out.wave = np.concatenate(samples).astype(np.float32, copy=False)
@@ -265,8 +277,8 @@ def _decode_video(path: Path, tracker: Any, own_audio: bool) -> _Decoded:
     return out
 
 
-def _decode(clip: Clip, spec: AudioSpec | None, tracker: Any) -> _Decoded:
-    """Frames (tracked) and audio of a clip; raises for unreadable media."""
+def _decode(clip: Clip, spec: AudioSpec | None, tracker: Any, store: CropStore) -> _Decoded:
+    """Frames (tracked, crops into ``store``) and audio of a clip; raises for unreadable media."""
     from eri.realtime.sources.events import AUDIO_RATE
 
     own = (
@@ -276,23 +288,39 @@ def _decode(clip: Clip, spec: AudioSpec | None, tracker: Any) -> _Decoded:
         and spec.sample_rate == AUDIO_RATE
     )
     if clip.video is not None:
-        out = _decode_video(clip.video, tracker, own)
+        out = _decode_video(clip.video, tracker, own, store)
         if out.times.size == 0:
             raise MediaError(f"{clip.video} has no decodable video frames.")
     else:
-        out = _Decoded(np.zeros(0), [])
+        out = _Decoded(np.zeros(0), np.zeros(0, bool))
     if spec is not None and clip.audio is not None and not own:
         out.wave = load_audio(clip.audio, spec.sample_rate)  # a separate file starts at 0
     return out
 
 
-def extract_clip(clip: Clip, config: PreprocessConfig, tracker: Any) -> CachedClip:
+def extract_clip(
+    clip: Clip,
+    config: PreprocessConfig,
+    tracker: Any,
+    *,
+    spill_dir: Path | None = None,
+    spill_bytes: int | None = SPILL_BYTES,
+) -> CachedClip:
     """The cached window of one clip (raises on unreadable media); ``tracker``: a live
     :class:`~eri.realtime.face.FaceTracker` for ``config.crop`` (reset here), or None for a
-    clip without video."""
+    clip without video. The window's sample times are known only at the clip's end, so the
+    crops wait in memory up to ``spill_bytes`` (None: no limit), beyond that in an unnamed
+    temporary file in ``spill_dir`` (None: the system's temporary folder), removed on return."""
+    with CropStore(spill_bytes, spill_dir) as store:
+        return _window(clip, config, _decode(clip, config.audio, tracker, store), store)
+
+
+def _window(
+    clip: Clip, config: PreprocessConfig, decoded: _Decoded, store: CropStore
+) -> CachedClip:
+    """The window of a decoded clip: T crops read back from ``store``, tokens, flags."""
     spec = config.audio
-    decoded = _decode(clip, spec, tracker)
-    times, crops, wave = decoded.times, decoded.crops, decoded.wave
+    times, has_face, wave = decoded.times, decoded.has_face, decoded.wave
     # The live clock: from the first event (frame or audio sample) to the last frame.
     if times.size:
         start = float(times[0]) if wave is None else min(float(times[0]), decoded.audio_start)
@@ -308,12 +336,10 @@ def extract_clip(clip: Clip, config: PreprocessConfig, tracker: Any) -> CachedCl
     n = config.window.num_samples
     faces = np.zeros((n, s, s, 3), np.uint8)
     face_found = np.zeros(n, bool)
-    with_face = [i for i, c in enumerate(crops) if c is not None]
-    if with_face:
-        pick = nearest_indices(times[with_face], sample_times)
-        faces = np.stack([crops[with_face[j]] for j in pick])
-        nearest = nearest_indices(times, sample_times)
-        face_found = np.array([crops[j] is not None for j in nearest])
+    with_face = np.flatnonzero(has_face)
+    if with_face.size:
+        faces = store.take(nearest_indices(times[with_face], sample_times))
+        face_found = has_face[nearest_indices(times, sample_times)]
     tokens, audio_present = None, False
     if spec is not None:
         tokens = np.zeros((n, spec.token_dim), np.float32)
@@ -328,7 +354,7 @@ def extract_clip(clip: Clip, config: PreprocessConfig, tracker: Any) -> CachedCl
         "clip_id": clip.clip_id,
         "source": media_signature(clip),
         "frames": int(times.size),
-        "face_frames": len(with_face),
+        "face_frames": int(with_face.size),
         "decode_errors": decoded.decode_errors,
         "audio_s": 0.0 if wave is None or spec is None else wave.shape[0] / spec.sample_rate,
         "start_s": start,
