@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import textwrap
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -165,6 +167,28 @@ def envelope(times: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.ndarr
 REPORT_BINS = 1000
 
 
+#: pyplot keeps global state: one figure at a time per process.
+_PLOT_LOCK = threading.Lock()
+
+
+def warm_up_plotting() -> None:
+    """Import matplotlib and draw a tiny figure (fonts, text layout): a process's first figure
+    costs ~0.4 s more than the next. The recorder runs this in the background at start, so
+    closing a session does not pay it."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    with _PLOT_LOCK:
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.set_title("warm-up")
+        fig.savefig(io.BytesIO(), format="png", dpi=10)
+        plt.close(fig)
+
+
 def plot_curves(
     times: np.ndarray,
     intensities: np.ndarray,
@@ -183,35 +207,36 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig, axes = plt.subplots(
-        len(EMOTIONS), 1, figsize=(11, 9), sharex=True, constrained_layout=True
-    )
-    colours = plt.get_cmap("tab10").colors
-    lost = _spans(times, face < 0.5) if has_video and len(times) else []
-    bars = [(a, b - a) for a, b in lost]
-    line_t, line_y = envelope(times, intensities, REPORT_BINS)
-    for i, (ax, name) in enumerate(zip(axes, EMOTIONS)):
-        if bars:  # one collection per axis: thousands of spans draw as fast as one
-            ax.broken_barh(bars, (0, 1), color="0.85", lw=0, label="face lost" if i == 0 else None)
-        ax.plot(line_t[:, i], line_y[:, i], color=colours[i % 10], lw=1.4)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center")
-        ax.grid(alpha=0.3)
-        ax.set_yticks([0, 0.5, 1])
-    axes[-1].set_xlabel("time (s)")
-    if lost:
-        axes[0].legend(loc="upper right", fontsize=8)
-    import textwrap
-
-    wrapped = "\n".join(textwrap.wrap(subtitle, 110)) if subtitle else ""
-    fig.suptitle(title + (f"\n{wrapped}" if wrapped else ""), fontsize=10)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise OutputWriteError(
-            f"Cannot write the plot {path} ({exc.strerror}); choose a writable location."
-        ) from None
-    finally:
-        plt.close(fig)
+    with _PLOT_LOCK:
+        fig, axes = plt.subplots(
+            len(EMOTIONS), 1, figsize=(11, 9), sharex=True, constrained_layout=True
+        )
+        colours = plt.get_cmap("tab10").colors
+        lost = _spans(times, face < 0.5) if has_video and len(times) else []
+        bars = [(a, b - a) for a, b in lost]
+        line_t, line_y = envelope(times, intensities, REPORT_BINS)
+        for i, (ax, name) in enumerate(zip(axes, EMOTIONS)):
+            if bars:  # one collection per axis: thousands of spans draw as fast as one
+                ax.broken_barh(
+                    bars, (0, 1), color="0.85", lw=0, label="face lost" if i == 0 else None
+                )
+            ax.plot(line_t[:, i], line_y[:, i], color=colours[i % 10], lw=1.4)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center")
+            ax.grid(alpha=0.3)
+            ax.set_yticks([0, 0.5, 1])
+        axes[-1].set_xlabel("time (s)")
+        if lost:
+            axes[0].legend(loc="upper right", fontsize=8)
+        wrapped = "\n".join(textwrap.wrap(subtitle, 110)) if subtitle else ""
+        fig.suptitle(title + (f"\n{wrapped}" if wrapped else ""), fontsize=10)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=100)
+        except OSError as exc:
+            raise OutputWriteError(
+                f"Cannot write the plot {path} ({exc.strerror}); choose a writable location."
+            ) from None
+        finally:
+            plt.close(fig)
     return path
