@@ -8,6 +8,7 @@ p95 (``benchmarks/viewer.py`` does the measuring), against the targets of at lea
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/contention.py --seconds 20 \\
         [--backends torch,onnxruntime] [--busy 2] [--threads N] [--json out.json]
+        [--torch-in-process]
 """
 
 from __future__ import annotations
@@ -60,7 +61,19 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy processes")
     parser.add_argument("--threads", type=int, help="inference threads (default: the viewer's)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--torch-in-process",
+        action="store_true",
+        help="run torch in the viewer's process (as before the live commands moved it to its own)",
+    )
     args = parser.parse_args()
+    if args.torch_in_process:
+        import eri.realtime.backend_process as backend_process
+        from eri.realtime.backends import create_backend
+
+        backend_process.live_backend = lambda bundle, name, precision, threads: create_backend(
+            bundle, name, precision, threads=threads
+        )
     setup_logging(log)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

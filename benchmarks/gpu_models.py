@@ -3,9 +3,10 @@
 
 For each architecture (its default config, T = 32 samples over 12.8 s):
 
-- the streaming step on the device (encode one frame, append it to the window, run the head;
-  :func:`eri.realtime.cuda_graph.streaming_step`), eager and captured in a CUDA graph, fp32 and
-  fp16 (autocast), with the largest |graph - eager| difference;
+- the streaming step on the device (encode one frame and, with audio, one audio token, append
+  them to the window, run the head; :func:`eri.realtime.cuda_graph.streaming_step`), eager and
+  captured in a CUDA graph, fp32 and fp16 (autocast), with the largest |graph - eager|
+  difference;
 - the backend step with numpy in and out (what the live pipeline calls): torch with and without
   CUDA graphs, TensorRT engines fp32 / fp16 / int8 when TensorRT is installed (int8 calibrated
   on random inputs: a speed number only), ONNX Runtime's CUDA provider when present;
@@ -100,15 +101,26 @@ def device_rows(arch: str, model: Any, args: argparse.Namespace, sync: Any) -> l
     batch ``args.batch``."""
     import torch
 
-    from eri.models.export import FACES, example_inputs, head_graph, head_input_names
+    from eri.models.export import (
+        AUDIO_TOKENS,
+        FACES,
+        AudioEncoderGraph,
+        example_inputs,
+        head_graph,
+        head_input_names,
+    )
     from eri.realtime.cuda_graph import autocast, capture, graphs_unavailable, streaming_step
 
     dev = args.device
     ex = example_inputs(model, 1)
     face = torch.from_numpy(ex[FACES]).to(dev)
     rest = [torch.from_numpy(ex[n]).to(dev) for n in head_input_names(model)]
-    step = streaming_step(model, head_graph(model))
-    inputs = [face, *rest]
+    if model.has_audio:  # step(face, token, visual, audio_features, flags...)
+        step = streaming_step(model, head_graph(model), AudioEncoderGraph(model))
+        inputs = [face, torch.from_numpy(ex[AUDIO_TOKENS]).to(dev), *rest]
+    else:
+        step = streaming_step(model, head_graph(model))
+        inputs = [face, *rest]
     rows = []
     for precision in ("fp32", "fp16"):
         fp16 = precision == "fp16"
@@ -149,7 +161,7 @@ def _fp16_onnx(bundle: Any) -> None:
     from eri.models.precision import export_fp16, graph_feeds, to_fp16, variant_paths
 
     model, fp32 = bundle.model, onnx_paths(bundle)
-    target = variant_paths(model_cache_dir(model), "onnx-fp16")
+    target = variant_paths(model_cache_dir(model), "onnx-fp16", model)
     if all(p.is_file() for p in target.values()):
         return
     if importlib.util.find_spec("scipy") is not None:
@@ -168,6 +180,8 @@ def _fp16_onnx(bundle: Any) -> None:
 
 def _int8_onnx(bundle: Any) -> None:
     """A Q/DQ int8 ONNX in the export cache, calibrated on random inputs (speed only)."""
+    import numpy as np
+
     from eri.calibration import from_arrays
     from eri.calibration.quantize import export_int8
     from eri.models.export import (
@@ -182,10 +196,14 @@ def _int8_onnx(bundle: Any) -> None:
     from eri.models.precision import variant_paths
 
     model = bundle.model
-    if all(p.is_file() for p in variant_paths(model_cache_dir(model), "onnx-int8").values()):
+    if all(p.is_file() for p in variant_paths(model_cache_dir(model), "onnx-int8", model).values()):
         return
     ex = example_inputs(model, 16)
-    data = from_arrays(ex[FACES], ex[VISUAL], ex.get(AUDIO_TOKENS), ex.get(AUDIO_PRESENT))
+    tokens = None
+    if model.has_audio:  # windows of raw tokens [16, T, F]
+        t = model.window.num_samples
+        tokens = np.resize(ex[AUDIO_TOKENS], (16, t, ex[AUDIO_TOKENS].shape[1]))
+    data = from_arrays(ex[FACES], ex[VISUAL], tokens, ex.get(AUDIO_PRESENT))
     export_int8(model, onnx_paths(bundle), data, model_cache_dir(model), method="minmax")
 
 
@@ -236,9 +254,10 @@ BACKEND_ROWS = (
 
 
 def backend_rows(arch: str, args: argparse.Namespace, sync: Any) -> list[dict]:
-    """The backend step with numpy in and out: encode_frames(face [1, 3, S, S]) + head(window)."""
+    """The backend step with numpy in and out: encode_frames(face [1, 3, S, S]) +
+    encode_audio(token [1, F]) (models with audio) + head(window)."""
     from eri.models.bundle import untrained_bundle
-    from eri.models.export import FACES, example_inputs, head_args
+    from eri.models.export import AUDIO_TOKENS, FACES, example_inputs, head_args
 
     # The seeded untrained model `eri benchmark` runs without --model: its cached ONNX files
     # and engines serve both. On the CPU: exports start from there.
@@ -260,6 +279,8 @@ def backend_rows(arch: str, args: argparse.Namespace, sync: Any) -> list[dict]:
 
             def run(b: Any = backend) -> None:
                 b.encode_frames(ex[FACES])
+                if AUDIO_TOKENS in ex:
+                    b.encode_audio(ex[AUDIO_TOKENS])
                 b.head(*head_args(ex))
 
             ms = timed(run, args.steps, args.warmup, sync)

@@ -6,8 +6,9 @@
     CALIB/ranges_<graph>.json     ONNX Runtime's tensor ranges for that graph and method
 
 The data are reused when the weights hash matches (the windows hold the model's own features);
-the ranges only when the method matches too. A mismatch is logged and recomputed, or refused
-when there is nothing to recompute from.
+the ranges only when the method and the graph version (:data:`eri.models.export.GRAPH_VERSION`:
+ranges are per tensor name of the exported graphs) match too. A mismatch is logged and
+recomputed, or refused when there is nothing to recompute from.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from eri.calibration.data import CalibrationError, CalibrationSet
-from eri.models.export import FACES
+from eri.models.export import FACES, GRAPH_FILES, GRAPH_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class CalibrationCache:
         previous calibration and its ranges."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.json_path.unlink(missing_ok=True)  # until rewritten below: no calibration here
-        for graph in ("frame_encoder", "head"):
+        for graph in GRAPH_FILES:
             self.ranges_path(graph).unlink(missing_ok=True)
         self.held_out_path.unlink(missing_ok=True)
         for part, path in ((data, self.data_path), (held_out, self.held_out_path)):
@@ -147,19 +148,25 @@ class CalibrationCache:
         self._write_meta(meta)
 
     def ranges_for(self, graph: str, weights: str, method: str) -> Path:
-        """Where ``graph``'s ranges for ``method`` live; stale ranges (other weights or method)
-        are deleted with a log line, so the caller recomputes them into this path."""
+        """Where ``graph``'s ranges for ``method`` live; stale ranges (other weights, method or
+        graph version) are deleted with a log line, so the caller recomputes them here."""
         path = self.ranges_path(graph)
         meta = self.meta() or {}
         ranges = meta.get("ranges", {})
-        if path.is_file() and (meta.get("weights") != weights or ranges.get(graph) != method):
+        version = meta.get("graph_version", 1)
+        if path.is_file() and (
+            meta.get("weights") != weights
+            or ranges.get(graph) != method
+            or version != GRAPH_VERSION
+        ):
             log.info(
-                "calibration: %s ranges in %s were computed with %s for weights %s; "
-                "recomputing with %s",
+                "calibration: %s ranges in %s were computed with %s for weights %s and graph "
+                "version %s; recomputing with %s",
                 graph,
                 self.root,
                 ranges.get(graph),
                 meta.get("weights"),
+                version,
                 method,
             )
             path.unlink()
@@ -173,8 +180,11 @@ class CalibrationCache:
                 f"Calibration cache {self.root} belongs to other weights; delete it or run "
                 "`eri calibrate` again."
             )
+        if meta.get("graph_version", 1) != GRAPH_VERSION:  # older graphs' ranges: none apply
+            meta["ranges"] = {}
         meta.setdefault("ranges", {})[graph] = method
         meta["method"] = method
+        meta["graph_version"] = GRAPH_VERSION
         self._write_meta(meta)
 
     def _write_meta(self, meta: dict[str, Any]) -> None:

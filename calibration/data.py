@@ -1,4 +1,8 @@
-"""Calibration data: face crops for the frame encoder and windows for the head.
+"""Calibration data: face crops for the frame encoder, windows for the audio encoder and the head.
+
+A window holds the raw audio tokens [T, F] of its samples; the audio encoder calibrates on
+those tokens, and the head on their fp32 features (:meth:`CalibrationSet.graph_inputs` runs the
+fp32 audio encoder), so the head sees the features the fp32 encoder gives live.
 
 Two sources:
 
@@ -7,7 +11,8 @@ Two sources:
   (``eri.realtime.pipeline.StreamingEngine`` with the bundle's face tracker, crop and audio front
   end, driven by ``run_offline``). A :class:`RecordingBackend` wraps the fp32 torch backend and
   keeps a uniform random sample (reservoir) of the crops the encoder sees and of the windows the
-  head sees, so calibration data is exactly what inference feeds the graphs.
+  head sees (with each window's raw audio tokens), so calibration data is exactly what
+  inference feeds the graphs.
 
 :class:`ArrayDataReader` hands either set to ONNX Runtime's quantizer in small batches.
 """
@@ -15,7 +20,8 @@ Two sources:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,14 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from eri.errors import EriError
-from eri.models.export import AUDIO_PRESENT, AUDIO_TOKENS, FACES, VISUAL, VISUAL_PRESENT
+from eri.models.export import (
+    AUDIO_FEATURES,
+    AUDIO_PRESENT,
+    AUDIO_TOKENS,
+    FACES,
+    VISUAL,
+    VISUAL_PRESENT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +52,10 @@ READER_BATCH = 8
 #: Seed of the reservoir sampling (the same media give the same calibration set).
 SAMPLE_SEED = 0
 
-HEAD_INPUTS = (VISUAL, AUDIO_TOKENS, AUDIO_PRESENT, VISUAL_PRESENT)
+HEAD_INPUTS = (VISUAL, AUDIO_FEATURES, AUDIO_PRESENT, VISUAL_PRESENT)
+#: Audio tokens :class:`RecordingBackend` remembers by their features (more than a window's
+#: worth of the pipeline's per-token cache, so every window it sees can be traced to tokens).
+TOKEN_MEMORY = 4096
 
 
 class CalibrationError(EriError, ValueError):
@@ -87,9 +103,37 @@ class CalibrationSet:
     def num_windows(self) -> int:
         return len(self.windows[VISUAL])
 
-    def graph_inputs(self, graph: str) -> dict[str, np.ndarray]:
-        """The arrays of one graph: ``"frame_encoder"`` -> {faces}, ``"head"`` -> windows."""
-        return {FACES: self.faces} if graph == "frame_encoder" else dict(self.windows)
+    def graph_inputs(
+        self, graph: str, audio_encoder: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The arrays of one graph, keyed by its input names: ``"frame_encoder"`` -> {faces},
+        ``"audio_encoder"`` -> {audio_tokens [N, F]: the windows' distinct tokens, N a multiple
+        of the reader's batch},
+        ``"head"`` -> the windows with audio_features [B, T, A] = ``audio_encoder(tokens
+        [N, F]) -> [N, A]`` (the fp32 audio encoder) in place of their tokens."""
+        if graph == "frame_encoder":
+            return {FACES: self.faces}
+        tokens = self.windows.get(AUDIO_TOKENS)
+        if graph == "audio_encoder":
+            if tokens is None:
+                raise CalibrationError(
+                    f"Calibration data from {self.source} has no audio tokens; run `eri "
+                    "calibrate` again for this model."
+                )
+            distinct = np.unique(tokens.reshape(-1, tokens.shape[-1]), axis=0)
+            # Whole reader batches only: ONNX Runtime's histogram calibrators (entropy,
+            # percentile) stack the batches, which must be of one size.
+            keep = len(distinct) - len(distinct) % READER_BATCH or len(distinct)
+            return {AUDIO_TOKENS: distinct[:keep]}
+        windows = dict(self.windows)
+        if tokens is not None:
+            if audio_encoder is None:
+                raise ValueError("the head's calibration inputs need the fp32 audio encoder")
+            b, t = tokens.shape[:2]
+            features = audio_encoder(tokens.reshape(b * t, -1))
+            windows[AUDIO_FEATURES] = np.asarray(features, np.float32).reshape(b, t, -1)
+            del windows[AUDIO_TOKENS]
+        return windows
 
     def split(self, fraction: float, seed: int = SAMPLE_SEED) -> tuple[CalibrationSet, ...]:
         """(calibration, held out): a random ``fraction`` of faces and of windows held out."""
@@ -181,8 +225,11 @@ class _Reservoir:
 class RecordingBackend:
     """Wraps an inference backend and samples what the pipeline feeds it: the crops given to
     ``encode_frames`` and the windows given to ``head`` (either the positional
-    ``head(visual, audio_tokens, audio_present, visual_present)`` or a dict keyed by ONNX name).
-    Everything else is delegated to the wrapped backend."""
+    ``head(visual, audio_features, audio_present, visual_present)`` or a dict keyed by ONNX
+    name). A window is stored with its raw audio tokens: the pipeline encodes each token once
+    (``encode_audio``), so the features a window holds are traced back to their tokens by
+    value (the last :data:`TOKEN_MEMORY` tokens encoded are remembered). Everything else is
+    delegated to the wrapped backend."""
 
     def __init__(
         self, inner: Any, token_dim: int | None, max_faces: int, max_windows: int, seed: int
@@ -192,6 +239,30 @@ class RecordingBackend:
         self.token_dim = token_dim
         self.faces = _Reservoir(max_faces, rng)
         self.windows = _Reservoir(max_windows, rng)
+        self._tokens: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    def encode_audio(self, tokens: np.ndarray) -> np.ndarray:
+        features = np.asarray(self.inner.encode_audio(tokens), np.float32)
+        for feat, token in zip(features, np.asarray(tokens, np.float32)):
+            key = feat.tobytes()
+            self._tokens[key] = token.copy()
+            self._tokens.move_to_end(key)
+        while len(self._tokens) > TOKEN_MEMORY:
+            self._tokens.popitem(last=False)
+        return features
+
+    def _tokens_of(self, features: np.ndarray) -> np.ndarray:
+        """The raw tokens [T, F] whose features are ``features`` [T, A]."""
+        out = []
+        for feat in np.asarray(features, np.float32):
+            token = self._tokens.get(feat.tobytes())
+            if token is None:
+                raise CalibrationError(
+                    "A window's audio features were not produced by this backend's "
+                    "encode_audio, so its tokens are unknown; calibrate through the pipeline."
+                )
+            out.append(token)
+        return np.stack(out)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -213,12 +284,14 @@ class RecordingBackend:
             VISUAL_PRESENT: np.asarray(inputs[VISUAL_PRESENT], np.float32).reshape(-1),
         }
         if self.token_dim is not None:
-            tokens = inputs.get(AUDIO_TOKENS)
+            features = inputs.get(AUDIO_FEATURES)
             present = inputs.get(AUDIO_PRESENT)
-            if tokens is None:  # "no audio": the zero tokens the exported head is fed
+            if features is None:  # "no audio": zero tokens, flagged absent (the gate zeroes it)
                 tokens = np.zeros((*visual.shape[:2], self.token_dim), np.float32)
                 present = np.zeros(len(visual), np.float32)
-            window[AUDIO_TOKENS] = np.asarray(tokens, np.float32)
+            else:
+                tokens = np.stack([self._tokens_of(f) for f in np.asarray(features)])
+            window[AUDIO_TOKENS] = tokens
             window[AUDIO_PRESENT] = np.asarray(present, np.float32).reshape(-1)
         for i in range(len(visual)):
             self.windows.offer({k: v[i].copy() for k, v in window.items()})

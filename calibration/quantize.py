@@ -3,18 +3,25 @@
 ``quantize_static`` with ``QuantFormat.QDQ``: QuantizeLinear/DequantizeLinear pairs around the
 quantized ops, int8 weights per output channel, int8 activations with symmetric ranges (zero
 point 0, which TensorRT's strongly typed INT8 requires), inputs and outputs left float32. The
-audio front of the head stays float (:func:`audio_front_nodes`): ``audio_tokens`` up to its first
-normalisation (raw MFCC tokens span ~+-1131, and 256 levels over that range would be steps of
-~9), and after it the audio branch up to its next normalisation or its fusion with the visual
-branch (dual_branch: the temporal convolutions over the 1024 normalised token values; cnn_lstm:
-the audio CNN). Quantizing those 1024-wide activations with one scale per tensor moved the
-untrained dual_branch's intensities by up to 0.076 on held-out windows of real speech (Pearson r
-0.973 on one emotion); kept float, 0.007 (r >= 0.997), for a few small 1-D convolutions.
+audio front stays float (:func:`audio_front_nodes`). In the audio encoder graph:
+``audio_tokens`` up to its first normalisation (raw MFCC tokens span ~+-1131, and 256 levels
+over that range would be steps of ~9), and after it up to the next normalisation. dual_branch's
+audio encoder is a LayerNorm and cnn_lstm's spectrogram CNN has no normalisation after its input
+BatchNorm (the exporter folds the others into the convolutions), so both audio encoders stay
+float as a whole (``audio_encoder_int8.onnx`` is the fp32 graph, every node listed in its
+``eri.fp32_nodes``), as the audio CNN did when it was part of the head. In the head:
+``audio_features`` (already normalised tokens or CNN features) up to the audio branch's next
+normalisation or its fusion with the visual branch (dual_branch: the temporal convolutions over
+the 1024 normalised token values; cnn_lstm: the audio LSTM). Quantizing those 1024-wide
+activations with one scale per tensor moved the untrained dual_branch's intensities by up to
+0.076 on held-out windows of real speech (Pearson r 0.973 on one emotion); kept float, 0.007
+(r >= 0.997), for a few small 1-D convolutions. The head calibrates on the fp32 audio
+encoder's features of the calibration tokens (what it is fed live).
 
 Entry points for the command line:
 
 - :func:`calibrate`: the calibration set from a media folder or arrays, through the cache;
-- :func:`export_int8`: both graphs quantized with that set (ranges cached per method);
+- :func:`export_int8`: every graph quantized with that set (ranges cached per method);
 - :func:`quantize_graph`: one graph.
 """
 
@@ -44,7 +51,14 @@ from eri.calibration.data import (
 )
 from eri.choices import CALIBRATION_METHODS
 from eri.models.base import StreamingModel
-from eri.models.export import AUDIO_TOKENS, VISUAL, VISUAL_PRESENT, weights_digest
+from eri.models.export import (
+    AUDIO_FEATURES,
+    AUDIO_TOKENS,
+    VISUAL,
+    VISUAL_PRESENT,
+    AudioEncoderGraph,
+    weights_digest,
+)
 from eri.models.precision import (
     FP32_NODES_KEY,
     NORMALISATION_OPS,
@@ -118,10 +132,12 @@ def _downstream(consumers: dict[str, list], tensors: list[str]) -> set[str]:
 
 
 def audio_front_nodes(proto, input_name: str = AUDIO_TOKENS) -> list[str]:
-    """Names of the nodes int8 keeps float: :func:`audio_norm_nodes` (``input_name`` up to its
-    first normalisation), then the audio branch after that normalisation up to the next one,
-    never past where it meets the visual branch (a node reading a tensor computed from
-    ``visual``). Empty when the graph has no such input (mtl_dan)."""
+    """Names of the nodes int8 keeps float: :func:`audio_norm_nodes` (``input_name``, the raw
+    tokens, up to its first normalisation: the audio encoder graph), then the audio branch
+    after that normalisation, or from the ``audio_features`` input (the head graph, whose audio
+    input is already normalised), up to the next normalisation, never past where it meets the
+    visual branch (a node reading a tensor computed from ``visual``). Empty when the graph has
+    no audio input (mtl_dan, the frame encoder)."""
     front = audio_norm_nodes(proto, input_name)
     nodes = {n.name: n for n in proto.graph.node}
     consumers: dict[str, list] = {}
@@ -131,6 +147,8 @@ def audio_front_nodes(proto, input_name: str = AUDIO_TOKENS) -> list[str]:
     visual = _downstream(consumers, [VISUAL, VISUAL_PRESENT])
     found = dict.fromkeys(front)
     frontier = [o for n in front if nodes[n].op_type in NORMALISATION_OPS for o in nodes[n].output]
+    if any(i.name == AUDIO_FEATURES for i in proto.graph.input):
+        frontier.append(AUDIO_FEATURES)
     while frontier:
         for node in consumers.get(frontier.pop(), []):
             if (
@@ -292,8 +310,9 @@ def export_int8(
     method: str = DEFAULT_METHOD,
     cache_dir: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Both graphs of ``model`` (fp32 exports ``fp32_paths``) as Q/DQ int8 into ``out_dir``
-    (``frame_encoder_int8.onnx``, ``head_int8.onnx``), calibrated on ``data`` with ``method``.
+    """The graphs of ``model`` (fp32 exports ``fp32_paths``) as Q/DQ int8 into ``out_dir``
+    (``frame_encoder_int8.onnx``, ``audio_encoder_int8.onnx``, ``head_int8.onnx``), calibrated
+    on ``data`` with ``method`` (the head on the fp32 audio encoder's features of its tokens).
 
     With ``cache_dir`` (a :class:`CalibrationCache` made by :func:`calibrate`) each graph's
     ranges are reused when computed for these weights with this method, else recomputed and
@@ -302,22 +321,38 @@ def export_int8(
     _method(method)
     weights = weights_digest(model)
     cache = CalibrationCache(cache_dir) if cache_dir is not None else None
-    out = variant_paths(out_dir, "onnx-int8")
+    out = variant_paths(out_dir, "onnx-int8", model)
     for graph, src in fp32_paths.items():
         ranges = cache.ranges_for(graph, weights, method) if cache is not None else None
-        inputs = None if data is None else _graph_inputs(data, graph, src)
+        inputs = None if data is None else _graph_inputs(data, graph, src, model)
         quantize_graph(src, out[graph], inputs, method=method, ranges_path=ranges, graph=graph)
         if cache is not None and ranges is not None and ranges.is_file():
             cache.record_ranges(graph, weights, method)
     return out
 
 
-def _graph_inputs(data: CalibrationSet, graph: str, path: Path) -> dict[str, np.ndarray]:
+def fp32_audio_encoder(model: StreamingModel):
+    """tokens [N, F] -> features [N, A] float32: the model's fp32 audio encoder in torch."""
+    import torch
+
+    graph = AudioEncoderGraph(model.eval())
+
+    def encode(tokens: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return graph(torch.from_numpy(np.ascontiguousarray(tokens, np.float32))).numpy()
+
+    return encode
+
+
+def _graph_inputs(
+    data: CalibrationSet, graph: str, path: Path, model: StreamingModel
+) -> dict[str, np.ndarray]:
     """The calibration arrays ``graph`` takes (by the input names of its ONNX file)."""
     import onnx
 
     names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
-    arrays = data.graph_inputs(graph)
+    encoder = fp32_audio_encoder(model) if model.has_audio else None
+    arrays = data.graph_inputs(graph, encoder)
     missing = [n for n in names if n not in arrays]
     if missing:
         raise CalibrationError(

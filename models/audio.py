@@ -459,6 +459,28 @@ class StreamingFrontEnd:
         slots = np.where(rows >= 0, order[np.maximum(rows, 0)] if order.size else 0, -1)
         return _gather(self._frames, slots), present
 
+    def token_keys(self, sample_times: np.ndarray) -> np.ndarray:
+        """The key [T] int64 of each sample time's token: ``n_done``, the absolute count of
+        frames finished by that time since this front end started. A token is a pure function
+        of its key (:meth:`tokens_for_keys`; ``tokens(t) == tokens_for_keys(token_keys(t))``
+        exactly), so a consumer may compute anything per token once per key."""
+        order = self._order()
+        times = np.asarray(sample_times, dtype=np.float64).reshape(-1)
+        held = np.searchsorted(self._ends[order], times + _TIME_EPS, side="right")
+        return held.astype(np.int64) + self.dropped_frames
+
+    def tokens_for_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Tokens [N, spec.token_dim] float32 of the keys [N] (:meth:`token_keys`): frames
+        ``key - stack .. key - 1``, zeros for frames before the first (``key < stack``) or
+        already overwritten in the ring."""
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        frames = keys[:, None] - self.spec.stack + np.arange(self.spec.stack, dtype=np.int64)
+        held = frames - self.dropped_frames  # index among the held frames, oldest first
+        ok = (held >= 0) & (held < self._count)
+        oldest = (self._next - self._count) % self.capacity
+        slots = np.where(ok, (oldest + np.maximum(held, 0)) % self.capacity, -1)
+        return _gather(self._frames, slots)
+
 
 # --------------------------------------------------------------------------------------------
 # Files

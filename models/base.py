@@ -2,9 +2,14 @@
 
     encode_frames(faces[N, 3, S, S])            -> features[N, D]     per frame, stateless
     encode_audio(tokens[B, T, F])               -> audio[B, T, A]     per token, stateless
+                                                   (A = ``audio_feature_dim``)
     head(visual[B, T, D], audio[B, T, A] | None,
          audio_present[B] | None, visual_present[B] | None) -> intensities[B, 7] in [0, 1]
     forward(faces[B, T, 3, S, S], tokens[B, T, F] | None, ...) == head(encode_frames, encode_audio)
+
+Both encoders are per item, so live inference computes each frame's features and each audio
+token's features once and caches them (``eri.realtime.pipeline``); the exports are three graphs
+(``frame_encoder``, ``audio_encoder``, ``head``; :mod:`eri.models.export`).
 
 Faces are RGB floats in [0, 1] from :func:`models.crop.align_face`; each model normalises them
 itself so the normalisation travels inside its weights and its ONNX. Audio tokens come from
@@ -66,6 +71,8 @@ class StreamingModel(nn.Module):
     default_audio: ClassVar[AudioSpec | None] = None
     #: D, the length of one frame's features.
     feature_dim: int
+    #: A, the length of one audio token's features (``encode_audio``'s output); 0 without audio.
+    audio_feature_dim: int = 0
     #: The window a model gets when its config names none.
     default_window: ClassVar[WindowSpec] = WindowSpec()
     #: Trainable parts: name -> attribute names of the modules / parameters it holds. Parts may

@@ -144,6 +144,7 @@ class CnnLstm(StreamingModel):
         if self.audio_spec is not None:
             spec = self.audio_spec
             self.audio_cnn = SpectrogramCNN(spec.n_coeffs, spec.stack, out_dim=audio_dim)
+            self.audio_feature_dim = audio_dim
             self.audio_lstm = nn.LSTM(audio_dim, audio_hidden, batch_first=True)
             summary += audio_hidden
         self.fusion = nn.Sequential(

@@ -199,6 +199,7 @@ class DualBranch(StreamingModel):
         if audio is not None:
             if audio_norm == "token":
                 self.audio_norm = nn.LayerNorm(audio.token_dim)
+            self.audio_feature_dim = audio.token_dim
             self.audio_temporal = TemporalBranch(audio.token_dim, temporal_dim, t, **branch)
             self.audio_regressor = BranchRegressor(temporal_dim, dropout)
         fused = temporal_dim * (2 if audio is not None else 1)

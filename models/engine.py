@@ -14,9 +14,11 @@ Engine file layout (all of it written under a temporary name, then moved into pl
     MAGIC (8 bytes) | header length (uint32, little endian) | header JSON (UTF-8) | plan
 
 The header names the bundle (architecture, weights hash of config + specs + weights), the
-precision, the TensorRT version, the GPU name and compute capability it was built on, when, and
-the plan's length and SHA-256. :func:`check_engine` refuses an engine for another GPU, compute
-capability, TensorRT version or bundle with one sentence naming the engine and the command that
+graph version of the ONNX it was built from (:data:`eri.models.export.GRAPH_VERSION`; engines
+without one are from version 1, whose head took raw audio tokens), the precision, the TensorRT
+version, the GPU name and compute capability it was built on, when, and the plan's length and
+SHA-256. :func:`check_engine` refuses an engine for another GPU, compute capability, TensorRT
+version, graph version or bundle with one sentence naming the engine and the command that
 rebuilds it on this machine.
 """
 
@@ -36,6 +38,7 @@ from typing import Any
 
 from eri.choices import EXPORT_FORMATS
 from eri.errors import EriError, missing_dependency
+from eri.models.export import GRAPH_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +49,15 @@ ENGINE_SUFFIX = ".engine"
 #: Largest header accepted (a damaged length field must not make us read gigabytes).
 MAX_HEADER_BYTES = 1 << 20
 
-#: Batch ranges (min, opt, max) of the optimisation profiles, one profile each. The encoder's
-#: first profile serves the streaming step (1 frame), offline batches (8) and recompute (T = 32
-#: frames); its second serves throughput batches (up to 256). The head runs one output step.
+#: Batch ranges (min, opt, max) of the optimisation profiles, one profile each. The encoders'
+#: first profile serves the streaming step (1 frame, 1 new audio token), offline batches (8)
+#: and recompute or a window's first step (T = 32 frames or tokens); their second serves
+#: throughput batches and checks (up to 256). The head runs one output step.
 ENCODER_PROFILES: tuple[tuple[int, int, int], ...] = ((1, 1, 32), (33, 256, 256))
 HEAD_PROFILES: tuple[tuple[int, int, int], ...] = ((1, 1, 1),)
 PROFILES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "frame_encoder": ENCODER_PROFILES,
+    "audio_encoder": ENCODER_PROFILES,
     "head": HEAD_PROFILES,
 }
 #: Builder scratch memory (TensorRT's WORKSPACE pool).
@@ -184,6 +189,8 @@ class EngineHeader:
     profiles: list[list[int]]
     onnx: str = ""
     format_version: int = FORMAT_VERSION
+    #: The ONNX graph version it was built from (headers without one: version 1).
+    graph_version: int = 1
 
     @property
     def device(self) -> EngineDevice:
@@ -197,7 +204,8 @@ def _header_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_engine(path: str | Path, plan: bytes, meta: Mapping[str, Any]) -> EngineHeader:
     """Write ``plan`` with its header (``meta``: graph, precision, architecture, weights,
-    tensorrt, gpu, compute_capability, profiles, onnx) to ``path``, atomically."""
+    tensorrt, gpu, compute_capability, profiles, onnx, graph_version) to ``path``,
+    atomically."""
     path = Path(path)
     fields = {
         **_header_fields(meta),
@@ -289,7 +297,8 @@ def check_engine(
     bundle: str | Path | None = None,
 ) -> None:
     """Refuse an engine built for another GPU, compute capability, TensorRT version, bundle
-    (``weights``: :func:`eri.models.export.weights_digest`) or precision, in one sentence."""
+    (``weights``: :func:`eri.models.export.weights_digest`), precision or graph version
+    (:data:`eri.models.export.GRAPH_VERSION`), in one sentence."""
     redo = f"rebuild it on this machine with {rebuild_hint(precision or header.precision, bundle)}"
     name = f"Engine {header.path}"
     if header.gpu != device.gpu or header.compute_capability != device.compute_capability:
@@ -310,6 +319,11 @@ def check_engine(
         )
     if precision is not None and header.precision != precision:
         raise EngineError(f"{name} is {header.precision}, not {precision}; {redo}.")
+    if header.graph_version != GRAPH_VERSION:
+        raise EngineError(
+            f"{name} was built from graph version {header.graph_version}, not "
+            f"{GRAPH_VERSION} (its head takes raw audio tokens); {redo}."
+        )
 
 
 # --------------------------------------------------------------------------- the builder
@@ -433,5 +447,6 @@ def build_engine(
         "precision": precision,
         "profiles": [list(p) for p in profiles],
         "onnx": onnx_path.name,
+        "graph_version": GRAPH_VERSION,
     }
     return write_engine(out_path, bytes(memoryview(plan)), header)

@@ -5,14 +5,17 @@
 backend feeds every precision the same arrays. Two kinds of node stay in fp32 (the converter's
 ``node_block_list``, wrapped in Casts):
 
-- the audio front of the head: every op from ``audio_tokens`` up to and including the first
-  normalisation (:func:`audio_norm_nodes`, found in the graph): the per-token LayerNorm, or
-  for ``audio_norm="dataset"`` the z-score with the stored statistics (one inference
+- the audio front: every op from ``audio_tokens`` up to and including the first
+  normalisation (:func:`audio_norm_nodes`, found in the graph). Since the audio encoder is its
+  own graph (``audio_encoder.onnx``, raw tokens in), the front lives there, and the head takes
+  the normalised features. The front is the per-token LayerNorm, or for
+  ``audio_norm="dataset"`` the z-score with the stored statistics (one inference
   ``BatchNormalization``, whose means and variances, up to ~1e5, stay fp32 too:
   :func:`keep_fp32_initializers`). Raw MFCC tokens reach ~1130 in
   magnitude (silence is -100 dB, so c0 = -100 * sqrt(128)); their square overflows fp16 and an
   fp16 mean-subtraction of values that large loses ~0.5 absolute. ONNX Runtime's CPU LayerNorm
-  happens to accumulate in fp32, but other runtimes (TensorRT) need not;
+  happens to accumulate in fp32, but other runtimes (TensorRT) need not. The rest of the audio
+  encoder (cnn_lstm's spectrogram CNN) is converted like any other graph;
 - every node that reads or writes a float tensor reaching :data:`FP16_SAFE_MAX` on probe inputs
   (:func:`fp16_range_nodes`). mtl_dan's DAN spatial attention multiplies the features by a map
   summed over 512 channels: values reach ~7e4 on random faces, past fp16's 65504.
@@ -40,22 +43,24 @@ from eri.errors import EriError
 from eri.models.audio import AudioSpec, waveform_tokens
 from eri.models.base import StreamingModel
 from eri.models.export import (
+    AUDIO_FEATURES,
     AUDIO_PRESENT,
     AUDIO_TOKENS,
     FACES,
-    FEATURES,
-    FRAME_ENCODER_FILE,
-    HEAD_FILE,
-    INTENSITIES,
+    GRAPH_FILES,
+    GRAPH_OUTPUTS,
     VISUAL,
     VISUAL_PRESENT,
+    AudioEncoderGraph,
     FrameEncoderGraph,
     export_format,
-    head_graph,
-    head_input_names,
+    graph_module,
+    graphs,
+    input_names,
     model_cache_dir,
     onnx_paths,
     ort_session,
+    own_exports,
 )
 from eri.models.spec import WindowSpec
 
@@ -97,16 +102,17 @@ PROBE_FACES = 8
 
 
 # ------------------------------------------------------------------------------- file names
-def variant_paths(out_dir: str | Path, fmt: str) -> dict[str, Path]:
-    """``{"frame_encoder": OUT/frame_encoder<suffix>.onnx, "head": ...}`` for export format
-    ``fmt`` (``"onnx-fp16"`` -> ``frame_encoder_fp16.onnx``); the suffix comes from
-    ``eri.choices.EXPORT_FORMATS``."""
+def variant_paths(
+    out_dir: str | Path, fmt: str, model: StreamingModel | None = None
+) -> dict[str, Path]:
+    """``{"frame_encoder": OUT/frame_encoder<suffix>.onnx, "audio_encoder": ..., "head": ...}``
+    for export format ``fmt`` (``"onnx-fp16"`` -> ``frame_encoder_fp16.onnx``); the suffix
+    comes from ``eri.choices.EXPORT_FORMATS``. The graphs of ``model`` (no ``audio_encoder``
+    without audio); without ``model``, every graph a model may have."""
     suffix = export_format(fmt).suffix
     out_dir = Path(out_dir)
-    return {
-        graph: out_dir / f"{Path(name).stem}{suffix}.onnx"
-        for graph, name in (("frame_encoder", FRAME_ENCODER_FILE), ("head", HEAD_FILE))
-    }
+    names = graphs(model) if model is not None else list(GRAPH_FILES)
+    return {g: out_dir / f"{Path(GRAPH_FILES[g]).stem}{suffix}.onnx" for g in names}
 
 
 class PrecisionError(EriError, ValueError):
@@ -123,20 +129,23 @@ def onnx_format(precision: str) -> str:
 
 
 def precision_paths(bundle: Any, precision: str) -> dict[str, Path]:
-    """The bundle's two ONNX graphs at ``precision`` (``{"frame_encoder": path, "head": path}``).
+    """The bundle's ONNX graphs at ``precision`` (``{"frame_encoder": path, "audio_encoder":
+    path (models with audio), "head": path}``).
 
     The bundle's own exports (recorded in bundle.json) come first, then the export cache
     (:func:`eri.models.export.model_cache_dir`). fp32 and fp16 are made into the cache on demand
     (fp16 from fp32); int8 needs calibration data, so a missing int8 export is a
-    :class:`PrecisionError` saying how to make one.
+    :class:`PrecisionError` saying how to make one. An own export of another graph version is
+    refused (:func:`eri.models.export.check_graph`).
     """
     if precision == "fp32":
         return onnx_paths(bundle)
     fmt = onnx_format(precision)
-    own = {g: bundle.export_path(p.name) for g, p in variant_paths(".", fmt).items()}
-    if all(own.values()):
-        return own  # type: ignore[return-value]
-    cached = variant_paths(model_cache_dir(bundle.model), fmt)
+    files = {g: p.name for g, p in variant_paths(".", fmt, bundle.model).items()}
+    own = own_exports(bundle, files)
+    if own is not None:
+        return own
+    cached = variant_paths(model_cache_dir(bundle.model), fmt, bundle.model)
     if all(p.is_file() for p in cached.values()):
         return cached
     if precision == "fp16":
@@ -178,9 +187,10 @@ def synthetic_audio_tokens(
 
 
 def probe_inputs(model: StreamingModel, batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of both graphs keyed by ONNX name, at realistic scales: faces [N, 3, S, S] in
+    """Inputs of every graph keyed by ONNX name, at realistic scales: faces [N, 3, S, S] in
     [0, 1] (N = B * T), visual [B, T, D] = the model's own features of those faces, audio tokens
-    [B, T, F] from :func:`synthetic_audio_tokens`, presence flags [B] (audio absent on odd rows)."""
+    [N, F] from :func:`synthetic_audio_tokens`, audio features [B, T, A] = the model's own
+    features of those tokens, presence flags [B] (audio absent on odd rows)."""
     rng = np.random.default_rng(seed)
     t, s = model.window.num_samples, model.crop.size
     faces = rng.random((batch * t, 3, s, s), dtype=np.float32)
@@ -192,7 +202,12 @@ def probe_inputs(model: StreamingModel, batch: int = 4, seed: int = 0) -> dict[s
         VISUAL_PRESENT: np.ones(batch, np.float32),
     }
     if model.has_audio:
-        inputs[AUDIO_TOKENS] = synthetic_audio_tokens(model.audio_spec, model.window, batch, seed)
+        tokens = synthetic_audio_tokens(model.audio_spec, model.window, batch, seed)
+        tokens = tokens.reshape(batch * t, -1)
+        with torch.no_grad():
+            audio = AudioEncoderGraph(model)(torch.from_numpy(tokens)).numpy()
+        inputs[AUDIO_TOKENS] = tokens
+        inputs[AUDIO_FEATURES] = audio.reshape(batch, t, -1)
         inputs[AUDIO_PRESENT] = (np.arange(batch) % 2 == 0).astype(np.float32)
     return inputs
 
@@ -411,10 +426,11 @@ def export_fp16(
     *,
     probe_batch: int = 4,
 ) -> dict[str, Path]:
-    """Both graphs of ``model`` (its fp32 exports ``fp32_paths``) as fp16 into ``out_dir``
-    (``frame_encoder_fp16.onnx``, ``head_fp16.onnx``), range-probed on :func:`probe_inputs`."""
+    """The graphs of ``model`` (its fp32 exports ``fp32_paths``) as fp16 into ``out_dir``
+    (``frame_encoder_fp16.onnx``, ``audio_encoder_fp16.onnx``, ``head_fp16.onnx``),
+    range-probed on :func:`probe_inputs`."""
     probes = probe_inputs(model, probe_batch)
-    out = variant_paths(out_dir, "onnx-fp16")
+    out = variant_paths(out_dir, "onnx-fp16", model)
     probes[FACES] = probes[FACES][:PROBE_FACES]
     for graph, path in fp32_paths.items():
         to_fp16(path, out[graph], feeds=graph_feeds(path, probes))
@@ -457,18 +473,18 @@ class VariantCheck:
 def torch_reference(
     model: StreamingModel, inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """fp32 torch outputs: ``{"frame_encoder": features [N, D], "head": intensities [B, 7]}``
-    (each present when its inputs are)."""
+    """fp32 torch outputs: ``{"frame_encoder": features [N, D], "audio_encoder": audio
+    features [N, A], "head": intensities [B, 7]}`` (each present when its inputs are)."""
     model = model.eval()
     out: dict[str, np.ndarray] = {}
     with torch.no_grad():
-        if FACES in inputs:
-            faces = torch.from_numpy(np.ascontiguousarray(inputs[FACES], np.float32))
-            out["frame_encoder"] = FrameEncoderGraph(model)(faces).numpy()
-        names = head_input_names(model)
-        if all(n in inputs for n in names):
-            args = (torch.from_numpy(np.ascontiguousarray(inputs[n], np.float32)) for n in names)
-            out["head"] = head_graph(model)(*args).numpy()
+        for graph in graphs(model):
+            names = input_names(model, graph)
+            if all(n in inputs for n in names):
+                args = [
+                    torch.from_numpy(np.ascontiguousarray(inputs[n], np.float32)) for n in names
+                ]
+                out[graph] = graph_module(model, graph)(*args).numpy()
     return out
 
 
@@ -481,7 +497,7 @@ def check_variant(
     """Run the variant graphs ``paths`` in ONNX Runtime (CPU) on ``inputs`` (keyed by ONNX
     name) and compare each output with fp32 torch on the same inputs."""
     ref = torch_reference(model, inputs)
-    outputs = {"frame_encoder": FEATURES, "head": INTENSITIES}
+    outputs = GRAPH_OUTPUTS
     checks = []
     for graph, path in paths.items():
         if graph not in ref:

@@ -1,4 +1,5 @@
-"""The ``tensorrt`` backend: the bundle's engines run with TensorRT's Python runtime.
+"""The ``tensorrt`` backend: the bundle's engines (frame encoder, audio encoder for models with
+audio, head) run with TensorRT's Python runtime.
 
 Memory and streams are torch's (no pycuda): per engine and optimisation profile one execution
 context with device buffers for its largest batch and pinned host buffers of the same size,
@@ -192,17 +193,24 @@ class TensorRTBackend(Backend):
         self.device = f"cuda ({device.gpu})"
         self.paths = dict(engines)
         self.stream = torch.cuda.Stream()
-        log.info(
-            "tensorrt %s: loading %s and %s", precision, engines["frame_encoder"], engines["head"]
-        )
+        log.info("tensorrt %s: loading %s", precision, ", ".join(map(str, engines.values())))
         self.encoder = EngineRunner(engines["frame_encoder"], self.stream, graphs=graphs)
+        self.audio_engine = (
+            EngineRunner(engines["audio_encoder"], self.stream, graphs=graphs)
+            if self.has_audio
+            else None
+        )
         self.head_engine = EngineRunner(engines["head"], self.stream, graphs=graphs)
 
     def encode_frames(self, faces: np.ndarray) -> np.ndarray:
         return self.encoder.run([np.ascontiguousarray(faces, np.float32)])
 
-    def head(self, visual, audio_tokens, audio_present, visual_present) -> np.ndarray:
-        args = self._head_args(visual, audio_tokens, audio_present, visual_present)
+    def encode_audio(self, tokens: np.ndarray) -> np.ndarray:
+        self._audio_only()
+        return self.audio_engine.run([np.ascontiguousarray(tokens, np.float32)])
+
+    def head(self, visual, audio_features, audio_present, visual_present) -> np.ndarray:
+        args = self._head_args(visual, audio_features, audio_present, visual_present)
         feed = dict(zip(head_input_names(self.model), args))  # the engine's own order below
         return self.head_engine.run([feed[name] for name in self.head_engine.inputs])
 

@@ -1,10 +1,14 @@
 """Inference backends behind one interface: ``torch``, ``onnxruntime`` and ``tensorrt``.
 
-Each backend runs the two graphs of the streaming split on numpy arrays, positionally:
+Each backend runs the graphs of the streaming split on numpy arrays, positionally:
 
     encode_frames(faces[N, 3, S, S] float32) -> features[N, D] float32
-    head(visual[B, T, D], audio_tokens[B, T, F] | None,
+    encode_audio(tokens[N, F] float32)       -> audio features[N, A] float32  (models with audio)
+    head(visual[B, T, D], audio_features[B, T, A] | None,
          audio_present[B] | None, visual_present[B]) -> intensities[B, 7] float32
+
+Both encoders are per item, so the pipeline runs each frame and each audio token through them
+once and caches the features.
 
 The ONNX tensor names stay inside :class:`OnnxRuntimeBackend`. Heavy runtimes are imported
 lazily so a CPU-only install imports cleanly; the ONNX export cache is in :mod:`models.export`.
@@ -27,9 +31,12 @@ import numpy as np
 from eri.choices import BACKENDS, available_precisions
 from eri.errors import EriError
 from eri.models.export import (
+    AUDIO_FEATURES,
+    AUDIO_TOKENS,
     FACES,
     FEATURES,
     INTENSITIES,
+    AudioEncoderGraph,
     head_graph,
     head_input_names,
     import_onnxruntime,
@@ -70,7 +77,7 @@ def available_backends() -> dict[str, str]:
 
 
 class Backend:
-    """Runs the frame encoder and the head on numpy arrays."""
+    """Runs the frame encoder, the audio encoder and the head on numpy arrays."""
 
     name: str = "?"
     precision: str = "fp32"
@@ -87,22 +94,29 @@ class Backend:
         """faces [N, 3, S, S] float32 in [0, 1] -> features [N, D] float32."""
         raise NotImplementedError
 
+    def encode_audio(self, tokens: np.ndarray) -> np.ndarray:
+        """Raw audio tokens [N, F] float32 -> audio features [N, A] float32, one token each
+        (models with an audio branch)."""
+        raise NotImplementedError
+
     def head(
         self,
         visual: np.ndarray,
-        audio_tokens: np.ndarray | None,
+        audio_features: np.ndarray | None,
         audio_present: np.ndarray | None,
         visual_present: np.ndarray,
     ) -> np.ndarray:
-        """visual [B, T, D], audio tokens [B, T, F] | None, presence flags [B] (1 = present)
-        -> intensities [B, 7]. A model without an audio branch ignores the audio arguments;
-        one with an audio branch takes None as "no audio" (zero tokens, flagged absent)."""
+        """visual [B, T, D], audio features [B, T, A] (:meth:`encode_audio`'s) | None, presence
+        flags [B] (1 = present) -> intensities [B, 7]. A model without an audio branch ignores
+        the audio arguments; one with an audio branch takes None as "no audio" (zero features,
+        flagged absent: the gate zeroes the audio branch whatever its input, so this is exactly
+        the input training's modality dropout produced)."""
         raise NotImplementedError
 
     def _head_args(
         self,
         visual: np.ndarray,
-        audio_tokens: np.ndarray | None,
+        audio_features: np.ndarray | None,
         audio_present: np.ndarray | None,
         visual_present: np.ndarray,
     ) -> list[np.ndarray]:
@@ -110,14 +124,21 @@ class Backend:
         args = [visual]
         if self.has_audio:
             b, t = visual.shape[:2]
-            if audio_tokens is None:
-                audio_tokens = np.zeros((b, t, self.model.audio_spec.token_dim), np.float32)
+            if audio_features is None:
+                audio_features = np.zeros((b, t, self.model.audio_feature_dim), np.float32)
                 audio_present = np.zeros(b, np.float32)
             elif audio_present is None:
                 audio_present = np.ones(b, np.float32)
-            args += [audio_tokens, audio_present]
+            args += [audio_features, audio_present]
         args.append(visual_present)
         return [np.ascontiguousarray(a, np.float32) for a in args]
+
+    def _audio_only(self) -> None:
+        if not self.has_audio:
+            raise BackendError(
+                f"{self.model.arch_name} has no audio branch, so it has no audio encoder; "
+                "do not feed it audio tokens."
+            )
 
     def describe(self) -> str:
         return f"{self.name} {self.precision} on {self.device}"
@@ -184,11 +205,12 @@ class TorchBackend(Backend):
         self.precision = precision
         self.model = self.model.to(self.device).eval()
         self.graph = head_graph(self.model)
+        self.audio_graph = AudioEncoderGraph(self.model) if self.has_audio else None
         self.graphs = None
         if graphs and device.startswith("cuda"):
             from eri.realtime.cuda_graph import GraphedModel
 
-            self.graphs = GraphedModel(self.model, self.graph, precision)
+            self.graphs = GraphedModel(self.model, self.graph, precision, self.audio_graph)
 
     def _autocast(self):
         torch = self._torch
@@ -202,9 +224,18 @@ class TorchBackend(Backend):
         with torch.inference_mode(), self._autocast():
             return self.model.encode_frames(x).float().cpu().numpy()
 
-    def head(self, visual, audio_tokens, audio_present, visual_present) -> np.ndarray:
+    def encode_audio(self, tokens: np.ndarray) -> np.ndarray:
+        self._audio_only()
         torch = self._torch
-        args = self._head_args(visual, audio_tokens, audio_present, visual_present)
+        x = torch.from_numpy(np.ascontiguousarray(tokens, np.float32)).to(self.device)
+        if self.graphs is not None:
+            return self.graphs("audio", x).float().cpu().numpy()
+        with torch.inference_mode(), self._autocast():
+            return self.audio_graph(x).float().cpu().numpy()
+
+    def head(self, visual, audio_features, audio_present, visual_present) -> np.ndarray:
+        torch = self._torch
+        args = self._head_args(visual, audio_features, audio_present, visual_present)
         t = [torch.from_numpy(a).to(self.device) for a in args]
         if self.graphs is not None:
             return self.graphs("head", *t).float().cpu().numpy()
@@ -237,9 +268,7 @@ class OnnxRuntimeBackend(Backend):
         paths = precision_paths(bundle, precision)
         self.precision = precision
         self.paths = paths
-        log.info(
-            "onnxruntime %s: loading %s and %s", precision, paths["frame_encoder"], paths["head"]
-        )
+        log.info("onnxruntime %s: loading %s", precision, ", ".join(map(str, paths.values())))
         # Idle encoder threads do not busy-wait, leaving the cores to decoding and face tracking
         # (faster end to end and lower live latency on small machines).
         self.encoder = ort_session(paths["frame_encoder"], providers, threads, spin=False)
@@ -247,13 +276,22 @@ class OnnxRuntimeBackend(Backend):
         # encoder's between calls.
         self.input_names: list[str] = head_input_names(self.model)
         self.head_session = ort_session(paths["head"], providers, threads=1)
+        # The audio encoder sees one or a few tokens per step (a small CNN or a LayerNorm).
+        self.audio_session = (
+            ort_session(paths["audio_encoder"], providers, threads=1) if self.has_audio else None
+        )
         self.device = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()
 
     def encode_frames(self, faces: np.ndarray) -> np.ndarray:
         return self.encoder.run([FEATURES], {FACES: np.ascontiguousarray(faces, np.float32)})[0]
 
-    def head(self, visual, audio_tokens, audio_present, visual_present) -> np.ndarray:
-        args = self._head_args(visual, audio_tokens, audio_present, visual_present)
+    def encode_audio(self, tokens: np.ndarray) -> np.ndarray:
+        self._audio_only()
+        feed = {AUDIO_TOKENS: np.ascontiguousarray(tokens, np.float32)}
+        return self.audio_session.run([AUDIO_FEATURES], feed)[0]
+
+    def head(self, visual, audio_features, audio_present, visual_present) -> np.ndarray:
+        args = self._head_args(visual, audio_features, audio_present, visual_present)
         feed = dict(zip(self.input_names, args))  # same order: head_input_names
         return self.head_session.run([INTENSITIES], feed)[0]
 

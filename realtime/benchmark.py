@@ -7,9 +7,10 @@ frames are whole batches, and a run with fewer than ``MIN_FRAMES`` measured fram
 file) reports its FPS as not measured rather than a number dominated by one burst.
 
 Beside the pipeline rows, a model-only table (:func:`model_rows`) times the output step alone
-(batch 1: streaming = encode one frame + head, recompute = encode T frames + head) for every
-backend, device and precision this version has: torch on the CPU, torch on CUDA eager and
-with CUDA graphs, ONNX Runtime, TensorRT; a row that cannot run here says why in its status.
+(batch 1: streaming = encode one frame and one audio token + head, recompute = encode T frames
+and T tokens + head) for every backend, device and precision this version has: torch on the
+CPU, torch on CUDA eager and with CUDA graphs, ONNX Runtime, TensorRT; a row that cannot run
+here says why in its status.
 On CUDA the device is synchronised before every model-only timestamp; the pipeline rows'
 backends return host arrays, so each stage's time already ends after the device's work.
 """
@@ -36,6 +37,7 @@ from eri.choices import BACKENDS, ENGINE_MODES
 from eri.errors import EriError
 from eri.models.bundle import Bundle
 from eri.models.export import (
+    AUDIO_FEATURES,
     AUDIO_PRESENT,
     AUDIO_TOKENS,
     FACES,
@@ -150,30 +152,37 @@ def synchronizer(backend) -> Any:
 
 
 def model_only_ms(backend, bundle: Bundle, mode: str, repeats: int = MODEL_STEPS) -> list[float]:
-    """Model time of one output step [n] ms: streaming = encode 1 frame + head; recompute =
-    encode T frames + head; ``repeats`` steps at least, more up to :data:`MODEL_SECONDS`."""
+    """Model time of one output step [n] ms: streaming = encode 1 frame (+ 1 audio token, the
+    steady state of the per-token cache) + head; recompute = encode T frames (+ T tokens) +
+    head; ``repeats`` steps at least, more up to :data:`MODEL_SECONDS`."""
     model = bundle.model
     n = model.window.num_samples if mode == "recompute" else 1
-    faces = example_inputs(model, n)[FACES]
+    new = example_inputs(model, n)
+    faces, tokens = new[FACES], new.get(AUDIO_TOKENS)
     example = example_inputs(model, 1)
     head_args = (
         example[VISUAL],
-        example.get(AUDIO_TOKENS),
+        example.get(AUDIO_FEATURES),
         example.get(AUDIO_PRESENT),
         example[VISUAL_PRESENT],
     )
+
+    def step() -> None:
+        backend.encode_frames(faces)
+        if tokens is not None:
+            backend.encode_audio(tokens)
+        backend.head(*head_args)
+
     sync = synchronizer(backend)
     for _ in range(3):
-        backend.encode_frames(faces)
-        backend.head(*head_args)
+        step()
     times: list[float] = []
     while len(times) < repeats or (
         sum(times) < MODEL_SECONDS * 1e3 and len(times) < MODEL_MAX_STEPS
     ):
         sync()
         t0 = time.perf_counter()
-        backend.encode_frames(faces)
-        backend.head(*head_args)
+        step()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
@@ -455,7 +464,8 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     out = {}
 
     def step_ms(row: dict[str, Any]) -> float:
-        return row["stages"]["encoder"]["p50"] + row["stages"]["head"]["p50"]
+        st = row["stages"]
+        return st["encoder"]["p50"] + st["head"]["p50"]
 
     for r in rows:
         if r.get("status") != "ok" or r["mode"] != "recompute":

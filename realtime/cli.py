@@ -369,13 +369,16 @@ def load_bundle_arg(args: argparse.Namespace):
     return bundle
 
 
-def _load_model(args: argparse.Namespace, threads: int = 0):
+def _load_model(args: argparse.Namespace, threads: int = 0, *, live: bool = False):
     """The bundle and backend the user asked for; an untrained model is announced loudly.
-    ``threads`` 0: the runtime's choice (offline runs)."""
+    ``threads`` 0: the runtime's choice (offline runs); ``live``: torch on the CPU runs in its
+    own process (:func:`~eri.realtime.backend_process.live_backend`)."""
+    from eri.realtime.backend_process import live_backend
     from eri.realtime.backends import create_backend
 
     bundle = load_bundle_arg(args)
-    backend = create_backend(bundle, args.backend, args.precision, threads)
+    make = live_backend if live else create_backend
+    backend = make(bundle, args.backend, args.precision, threads)
     log.info("Model %s on %s", bundle.name, backend.describe())
     return bundle, backend
 
@@ -431,7 +434,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from eri.realtime.session.recorder import check_session_dir
 
     check_session_dir(args.out)
-    bundle, backend = _load_model(args, threads=cpu_threads())  # live: leave a core to capture
+    bundle, backend = _load_model(args, threads=cpu_threads(), live=True)  # a core to capture
     source = open_record_source(args.source, mic=args.mic, fast=args.fast, duration_s=args.duration)
     result = record(args.out, source, bundle, backend, fast=args.fast)
     return EXIT_INTERRUPTED if result.interrupted else 0

@@ -14,7 +14,8 @@ set of input shapes, into static input and output buffers:
   pick their kernels, the allocator fills), then one run under ``torch.cuda.graph``; fp16 runs
   under autocast with its cast cache off, as capture requires.
 - :class:`GraphedModel` is what :class:`eri.realtime.backends.TorchBackend` uses on CUDA: the
-  model's ``encode_frames`` and exported head, each behind a :class:`ShapeGraphs`.
+  model's ``encode_frames``, its exported audio encoder (the streaming step's one new token)
+  and its exported head, each behind a :class:`ShapeGraphs`.
 - :func:`streaming_step` is the whole step as one function (encode the new frame, append its
   features to the window, run the head): what ``benchmarks/gpu_models.py`` captures and times.
 
@@ -140,14 +141,19 @@ class ShapeGraphs:
 
 
 class GraphedModel:
-    """A model's ``encode_frames`` and ``head`` (the exported head graph) on CUDA, each served
-    from CUDA graphs per input shape; fp16 under autocast, like the eager torch backend."""
+    """A model's ``encode_frames``, audio encoder (``audio``: the exported audio encoder graph,
+    tokens [N, F] -> [N, A]; None without audio) and ``head`` (the exported head graph) on
+    CUDA, each served from CUDA graphs per input shape; fp16 under autocast, like the eager
+    torch backend."""
 
-    def __init__(self, model: Any, head: Any, precision: str = "fp32") -> None:
+    def __init__(self, model: Any, head: Any, precision: str = "fp32", audio: Any = None) -> None:
         self.fp16 = precision == "fp16"
 
         def encode(faces: Any) -> Any:
             return model.encode_frames(faces)
+
+        def encode_audio(tokens: Any) -> Any:
+            return audio(tokens)
 
         def run_head(*args: Any) -> Any:
             return head(*args)
@@ -156,30 +162,44 @@ class GraphedModel:
             return capture(fn, inputs, fp16=self.fp16)
 
         self.encode = ShapeGraphs(encode, cap, name="encode_frames")
+        self.audio = ShapeGraphs(encode_audio, cap, name="encode_audio") if audio else None
         self.head = ShapeGraphs(run_head, cap, name="head")
 
     def __call__(self, which: str, *inputs: Any) -> Any:
-        """``which`` ("encode" or "head") on CUDA tensors, from a graph when there is one."""
+        """``which`` ("encode", "audio" or "head") on CUDA tensors, from a graph when there is
+        one."""
         import torch
 
-        graphs = self.encode if which == "encode" else self.head
+        graphs = {"encode": self.encode, "audio": self.audio, "head": self.head}[which]
+        if graphs is None:
+            raise ValueError("this model has no audio encoder")
         with torch.no_grad(), autocast(self.fp16):
             return graphs(*inputs)
 
     @property
     def failed(self) -> str | None:
-        return self.encode.failed or self.head.failed
+        audio = self.audio.failed if self.audio is not None else None
+        return self.encode.failed or audio or self.head.failed
 
 
-def streaming_step(model: Any, head: Any) -> Callable[..., Any]:
+def streaming_step(model: Any, head: Any, audio: Any = None) -> Callable[..., Any]:
     """One streaming step as one function: ``step(face [1, 3, S, S], visual [1, T, D], *rest)
     -> intensities [1, 7]``, where the window is ``visual`` shifted by one sample with the new
-    frame's features last, and ``rest`` the head's other inputs (audio tokens and flags)."""
+    frame's features last, and ``rest`` the head's other inputs (audio features and flags).
+    With ``audio`` (the audio encoder graph, tokens [N, F] -> [N, A]) the step is
+    ``step(face, token [1, F], visual, audio_features [1, T, A], audio_present,
+    visual_present)``: the new token is encoded and appended the same way (what the pipeline's
+    per-token cache does)."""
     import torch
 
-    def step(face: Any, visual: Any, *rest: Any) -> Any:
-        features = model.encode_frames(face)  # [1, D]
-        window = torch.cat([visual[:, 1:], features[:, None].to(visual.dtype)], dim=1)
-        return head(window, *rest)
+    def shift(window: Any, new: Any) -> Any:
+        return torch.cat([window[:, 1:], new[:, None].to(window.dtype)], dim=1)
 
-    return step
+    def step(face: Any, visual: Any, *rest: Any) -> Any:
+        return head(shift(visual, model.encode_frames(face)), *rest)
+
+    def step_audio(face: Any, token: Any, visual: Any, features: Any, *rest: Any) -> Any:
+        window = shift(visual, model.encode_frames(face))
+        return head(window, shift(features, audio(token)), *rest)
+
+    return step if audio is None else step_audio

@@ -2,16 +2,18 @@
 and where a precision's TensorRT engines are found (:func:`find_engines`).
 
 :func:`export_variant` builds a variant from the bundle's fp32 export (made first when absent),
-optionally checks it against fp32 torch, and only then moves the two files into place: a failed
-check, a bad calibration cache or a crash leaves no new file behind. The checks:
+optionally checks it against fp32 torch, and only then moves the files (frame encoder, audio
+encoder for models with audio, head) into place: a failed check, a bad calibration cache or a
+crash leaves no new file behind. The checks:
 
 - fp16: each graph on held-out probe inputs (:func:`eri.models.precision.probe_inputs`, another
-  seed than the range probe) and the two graphs end to end, within ``FP16_TOLERANCE`` relative
+  seed than the range probe) and the graphs end to end, within ``FP16_TOLERANCE`` relative
   to each output's scale;
-- int8: the head on the held-out windows ``eri calibrate`` set aside (never calibrated on), with
-  the per-emotion Pearson correlation of int8 vs fp32 torch over those windows (target
-  :data:`PEARSON_TARGET`), the encoder on the held-out crops, and the two graphs end to end on
-  probe inputs; intensities within ``INT8_TOLERANCE`` (absolute: they lie in [0, 1]).
+- int8: the head on the held-out windows ``eri calibrate`` set aside (never calibrated on; their
+  audio features from the fp32 audio encoder), with the per-emotion Pearson correlation of int8
+  vs fp32 torch over those windows (target :data:`PEARSON_TARGET`), the encoders on the
+  held-out crops and tokens, and the graphs end to end on probe inputs; intensities within
+  ``INT8_TOLERANCE`` (absolute: they lie in [0, 1]).
 """
 
 from __future__ import annotations
@@ -42,14 +44,16 @@ from eri.models.engine import (
     rebuild_hint,
 )
 from eri.models.export import (
+    AUDIO_FEATURES,
+    AUDIO_TOKENS,
     FACES,
     FEATURES,
-    FRAME_ENCODER_FILE,
-    HEAD_FILE,
+    GRAPH_FILES,
     INTENSITIES,
     VISUAL,
     cache_dir,
     export_format,
+    graphs,
     model_cache_dir,
     onnx_paths,
     ort_session,
@@ -139,10 +143,15 @@ def pearson_per_emotion(got: np.ndarray, ref: np.ndarray) -> dict[str, float | N
 def end_to_end_check(
     model: Any, paths: Mapping[str, Path], inputs: Mapping[str, np.ndarray], tolerance: float
 ) -> VariantCheck:
-    """The variant encoder's features of ``inputs[faces]`` [B*T, 3, S, S] fed to the variant
-    head (with the other head inputs), against fp32 torch on the same faces."""
+    """The variant frame encoder's features of ``inputs[faces]`` [B*T, 3, S, S] and the variant
+    audio encoder's of ``inputs[audio_tokens]`` [B*T, F] fed to the variant head (with the
+    other head inputs), against fp32 torch on the same faces and tokens."""
     features = ort_session(paths["frame_encoder"]).run([FEATURES], {FACES: inputs[FACES]})[0]
     e2e = dict(inputs, **{VISUAL: features.reshape(inputs[VISUAL].shape)})
+    if "audio_encoder" in paths:
+        feed = {AUDIO_TOKENS: inputs[AUDIO_TOKENS]}
+        audio = ort_session(paths["audio_encoder"]).run([AUDIO_FEATURES], feed)[0]
+        e2e[AUDIO_FEATURES] = audio.reshape(inputs[AUDIO_FEATURES].shape)
     got = ort_session(paths["head"]).run([INTENSITIES], graph_feeds(paths["head"], e2e))[0]
     ref = torch_reference(model, inputs)["head"]
     diff = np.abs(got.astype(np.float64) - ref)
@@ -231,9 +240,12 @@ def export_variant(
             report.checks = check_variant(model, made, held_probe, FP16_TOLERANCE)
             report.checks.append(end_to_end_check(model, made, held_probe, FP16_TOLERANCE))
         elif check:
+            from eri.calibration.quantize import fp32_audio_encoder
+
             report.tolerance = INT8_TOLERANCE
             probe = probe_inputs(model, batch=4, seed=CHECK_SEED)
-            windows = held.windows if held is not None else probe
+            encoder = fp32_audio_encoder(model) if model.has_audio else None
+            windows = held.graph_inputs("head", encoder) if held is not None else probe
             faces = held.faces if held is not None else probe[FACES]
             report.check_windows = (
                 f"{len(windows[VISUAL])} held-out windows from {held.source}"
@@ -242,15 +254,22 @@ def export_variant(
             )
             head = check_variant(model, {"head": made["head"]}, windows, INT8_TOLERANCE)[0]
             # Features have no int8 tolerance of their own: reported, judged end to end.
-            enc = check_variant(
-                model, {"frame_encoder": made["frame_encoder"]}, {FACES: faces}, INT8_TOLERANCE
-            )[0]
-            crops = "held-out crops" if held is not None else "probe faces"
-            report.notes.append(
-                f"{enc.graph}.{enc.output} on {len(faces)} {crops}: max |diff| "
-                f"{enc.max_abs:.3g} on scale {enc.scale:.3g} (relative {enc.relative:.2e}, "
-                f"p99 {enc.p99_relative:.2e}; judged end to end below)"
-            )
+            what = "held-out" if held is not None else "probe"
+            encoders = {"frame_encoder": ({FACES: faces}, f"{what} crops")}
+            if model.has_audio:
+                tokens = held.graph_inputs("audio_encoder") if held is not None else probe
+                encoders["audio_encoder"] = (
+                    {AUDIO_TOKENS: tokens[AUDIO_TOKENS]},
+                    f"{what} audio tokens",
+                )
+            for graph, (inputs, items) in encoders.items():
+                enc = check_variant(model, {graph: made[graph]}, inputs, INT8_TOLERANCE)[0]
+                count = len(next(iter(inputs.values())))
+                report.notes.append(
+                    f"{enc.graph}.{enc.output} on {count} {items}: max |diff| "
+                    f"{enc.max_abs:.3g} on scale {enc.scale:.3g} (relative {enc.relative:.2e}, "
+                    f"p99 {enc.p99_relative:.2e}; judged end to end below)"
+                )
             got = ort_session(made["head"]).run([INTENSITIES], graph_feeds(made["head"], windows))
             ref = torch_reference(model, windows)["head"]
             report.pearson = pearson_per_emotion(got[0], ref)
@@ -258,14 +277,12 @@ def export_variant(
             report.checks = [_absolute(head), _absolute(e2e)]
         if check and not report.ok:
             return report
-        return _install(report, made, variant_paths(out_dir, fmt))
+        return _install(report, made, variant_paths(out_dir, fmt, model))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- TensorRT engines
-#: The graphs of the streaming split and their fp32 ONNX file names (engines are named after them).
-GRAPH_FILES: dict[str, str] = {"frame_encoder": FRAME_ENCODER_FILE, "head": HEAD_FILE}
 
 
 def engine_dirs(bundle: Any) -> list[Path]:
@@ -295,8 +312,8 @@ def find_engines(bundle: Any, precision: str, device: EngineDevice) -> EngineLoo
     found: dict[str, Path] = {}
     refused: list[str] = []
     dirs = engine_dirs(bundle)
-    for graph, onnx_file in GRAPH_FILES.items():
-        exact = engine_file_name(onnx_file, precision, device)
+    for graph in graphs(bundle.model):
+        exact = engine_file_name(GRAPH_FILES[graph], precision, device)
         stem = exact.split(".", 1)[0]  # frame_encoder_fp16
         for folder in dirs:
             # The file named for this device first, then any other of this graph and precision
@@ -325,7 +342,7 @@ def find_engines(bundle: Any, precision: str, device: EngineDevice) -> EngineLoo
                 f"{bundle.name} has no {precision} TensorRT engine for {device.describe()}; "
                 f"build one with {rebuild_hint(precision, bundle.path)}.",
             )
-    why = f"{precision} TensorRT engines {found['frame_encoder']} and {found['head']}"
+    why = f"{precision} TensorRT engines {', '.join(map(str, found.values()))}"
     return EngineLookup(found, why, refused)
 
 
@@ -350,8 +367,8 @@ def _engine_check(graph: str, output: str, got, ref, tolerance: float, absolute:
 
 def check_engines(bundle: Any, paths: Mapping[str, Path], precision: str) -> VariantReport:
     """Run the engines ``paths`` in TensorRT on probe inputs and compare with fp32 torch: the
-    features and intensities relative to max(1, scale) (fp32, fp16), int8 intensities absolute
-    (features reported), and the two graphs end to end."""
+    frame and audio features and intensities relative to max(1, scale) (fp32, fp16), int8
+    intensities absolute (features reported), and the graphs end to end."""
     from eri.calibration import INT8_TOLERANCE
     from eri.models.export import head_args
     from eri.realtime.backend_tensorrt import TensorRTBackend
@@ -366,13 +383,20 @@ def check_engines(bundle: Any, paths: Mapping[str, Path], precision: str) -> Var
     ref = torch_reference(model, probe)
     features = backend.encode_frames(probe[FACES])
     head = backend.head(*head_args(probe))
-    e2e = backend.head(*head_args(dict(probe, **{VISUAL: features.reshape(probe[VISUAL].shape)})))
+    e2e_inputs = dict(probe, **{VISUAL: features.reshape(probe[VISUAL].shape)})
+    encoded = {"frame_encoder": (FEATURES, features)}
+    if model.has_audio:
+        audio = backend.encode_audio(probe[AUDIO_TOKENS])
+        e2e_inputs[AUDIO_FEATURES] = audio.reshape(probe[AUDIO_FEATURES].shape)
+        encoded["audio_encoder"] = (AUDIO_FEATURES, audio)
+    e2e = backend.head(*head_args(e2e_inputs))
     report = VariantReport(f"engine ({precision})", dict(paths), tolerance=tolerance)
-    enc = _engine_check("frame_encoder", FEATURES, features, ref["frame_encoder"], tolerance, False)
-    if absolute:
-        report.notes.append(f"{enc.describe().rsplit(' (', 1)[0]} (judged end to end below)")
-    else:
-        report.checks.append(enc)
+    for graph, (output, got) in encoded.items():
+        enc = _engine_check(graph, output, got, ref[graph], tolerance, False)
+        if absolute:
+            report.notes.append(f"{enc.describe().rsplit(' (', 1)[0]} (judged end to end below)")
+        else:
+            report.checks.append(enc)
     report.checks.append(_engine_check("head", INTENSITIES, head, ref["head"], tolerance, absolute))
     report.checks.append(
         _engine_check("end_to_end", INTENSITIES, e2e, ref["head"], tolerance, absolute)
@@ -405,8 +429,8 @@ def export_engines(
     tmp.mkdir(parents=True)
     try:
         made = {}
-        for graph, onnx_file in GRAPH_FILES.items():
-            made[graph] = tmp / engine_file_name(onnx_file, precision, device)
+        for graph in graphs(model):
+            made[graph] = tmp / engine_file_name(GRAPH_FILES[graph], precision, device)
             build_engine(
                 onnx[graph],
                 made[graph],

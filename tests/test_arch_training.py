@@ -277,10 +277,14 @@ def test_audio_stats_travel_in_the_onnx_and_stay_fp32_in_fp16(tmp_path) -> None:
     # not what the same weights give with identity statistics.
     probes = probe_inputs(model, batch=4, seed=3)
     names = ["visual", "audio_tokens", "audio_present", "visual_present"]
-    got = ort_session(paths["head"]).run(None, {n: probes[n] for n in names})[0]
+    features = ort_session(paths["audio_encoder"]).run(None, {"audio_tokens": probes[names[1]]})
+    feed = {n: probes[n] for n in names if n != "audio_tokens"}
+    feed["audio_features"] = features[0].reshape(probes["audio_features"].shape)
+    got = ort_session(paths["head"]).run(None, feed)[0]
     identity = tiny_dual(audio_norm="dataset").eval()
     with torch.no_grad():
         args = [torch.from_numpy(probes[n]) for n in names]
+        args[1] = args[1].view(*probes["visual"].shape[:2], -1)  # tokens [B, T, F]
         ours = model.head(args[0], model.encode_audio(args[1]), args[2], args[3]).numpy()
         theirs = identity.head(args[0], identity.encode_audio(args[1]), args[2], args[3])
     assert np.abs(got - ours).max() <= FP32_TOLERANCE

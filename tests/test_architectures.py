@@ -484,7 +484,13 @@ def test_onnx_export_matches_torch(name: str, onnx_exports) -> None:
 
     args = {"visual": visual, "visual_present": torch.ones(B)}
     if tokens is not None:
-        args.update(audio_tokens=tokens, audio_present=torch.tensor([1.0, 0.0]))
+        # The audio encoder graph: each token of the batch's windows, as one batch [B*T, F].
+        audio = ort_session(export.paths["audio_encoder"])
+        got = audio.run(None, {"audio_tokens": tokens.flatten(0, 1).numpy()})[0]
+        with torch.no_grad():
+            features = model.encode_audio(tokens)
+        assert onnx_error(got, features.flatten(0, 1).numpy()) <= FP32_TOLERANCE
+        args.update(audio_features=features, audio_present=torch.tensor([1.0, 0.0]))
     names = head_input_names(model)
     with torch.no_grad():
         expected = head_graph(model)(*(args[n] for n in names)).numpy()

@@ -16,7 +16,16 @@ import pytest
 import torch
 
 from eri.models.bundle import load_bundle, record_export, save_bundle
-from eri.models.export import FACES, VISUAL, example_inputs, head_args, head_graph
+from eri.models.export import (
+    AUDIO_FEATURES,
+    AUDIO_TOKENS,
+    FACES,
+    VISUAL,
+    AudioEncoderGraph,
+    example_inputs,
+    head_args,
+    head_graph,
+)
 from eri.models.export import head_input_names as names_of
 from eri.realtime.backends import create_backend
 from eri.realtime.cuda_graph import ShapeGraphs, graphs_unavailable, streaming_step
@@ -78,6 +87,23 @@ def test_streaming_step_appends_the_new_frame_last(small_model):
         feature = model.encode_frames(face).numpy()
         window = np.concatenate([ex[VISUAL][:, 1:], feature[:, None]], axis=1)
         want = head(torch.from_numpy(window), *rest[1:]).numpy()
+    assert got.shape == (1, 7) and np.array_equal(got, want)
+
+
+def test_streaming_step_with_audio_appends_the_new_token_last(small_model):
+    model = small_model(ARCH)
+    ex = example_inputs(model, 1, seed=4)
+    head, audio = head_graph(model), AudioEncoderGraph(model)
+    t = {k: torch.from_numpy(v) for k, v in ex.items()}
+    flags = [t["audio_present"], t["visual_present"]]
+    with torch.no_grad():
+        step = streaming_step(model, head, audio)
+        got = step(t[FACES], t[AUDIO_TOKENS], t[VISUAL], t[AUDIO_FEATURES], *flags).numpy()
+        feature = model.encode_frames(t[FACES]).numpy()
+        token = audio(t[AUDIO_TOKENS]).numpy()
+        window = np.concatenate([ex[VISUAL][:, 1:], feature[:, None]], axis=1)
+        features = np.concatenate([ex[AUDIO_FEATURES][:, 1:], token[:, None]], axis=1)
+        want = head(torch.from_numpy(window), torch.from_numpy(features), *flags).numpy()
     assert got.shape == (1, 7) and np.array_equal(got, want)
 
 
@@ -153,8 +179,12 @@ def test_graphs_equal_eager_on_cuda(small_model, tmp_path, precision, tolerance)
     faces8 = example_inputs(bundle.model, 8, seed=6)[FACES]
     for _ in range(3):  # captured at the second call, replayed at the third
         features = graphed.encode_frames(ex[FACES])
+        audio = graphed.encode_audio(ex[AUDIO_TOKENS])
         out = graphed.head(*head_args(ex))
     assert graphed.graphs.encode.graphs and graphed.graphs.head.graphs
+    assert graphed.graphs.audio.graphs
+    ref_audio = eager.encode_audio(ex[AUDIO_TOKENS])
+    assert np.abs(audio - ref_audio).max() <= tolerance * max(1.0, float(np.abs(ref_audio).max()))
     assert "CUDA graphs" in graphed.describe() and eager.graphs is None
     ref_features, ref_out = eager.encode_frames(ex[FACES]), eager.head(*head_args(ex))
     scale = max(1.0, float(np.abs(ref_features).max()))

@@ -81,13 +81,12 @@ def test_one_window_for_both_modes(small_bundle, torch_backend):
     w, r = windows["streaming"], windows["recompute"]
     assert isinstance(w, Window)
     t, d = small_bundle.model.window.num_samples, small_bundle.model.feature_dim
-    token_dim = small_bundle.model.audio_spec.token_dim
     assert w.times.shape == (t,) and np.all(np.diff(w.times) >= 0)
     assert w.rows.shape == (t, d) and w.rows.dtype == np.float32
     assert r.rows.shape == (t, size, size, 3) and r.rows.dtype == np.uint8
-    assert w.audio_tokens.shape == (t, token_dim) and w.audio_present
+    assert w.audio_keys.shape == (t,) and w.audio_keys.dtype == np.int64 and w.audio_present
     np.testing.assert_array_equal(w.times, r.times)
-    np.testing.assert_array_equal(w.audio_tokens, r.audio_tokens)
+    np.testing.assert_array_equal(w.audio_keys, r.audio_keys)
     # The same window in both modes gives the same outputs.
     a = np.stack([o.intensities for o in outs["streaming"]])
     b = np.stack([o.intensities for o in outs["recompute"]])
@@ -99,7 +98,7 @@ def test_window_before_any_frame_or_audio(small_bundle, torch_backend):
     engine = StreamingEngine(small_bundle, torch_backend, None)
     w = engine.window_at(0.5, visual_present=True)
     assert w.rows is None and not w.visual_present and not w.audio_present
-    assert not np.any(w.audio_tokens)
+    assert w.audio_keys is None  # no audio yet: the head gets "audio missing"
     with pytest.raises(pipeline.PipelineError, match="face tracker"):
         engine.process_frames(_frames(1, 8))
 
@@ -115,8 +114,11 @@ def test_backend_head_is_positional(small_bundle, torch_backend):
     visual = np.random.default_rng(1).standard_normal((2, t, d)).astype(np.float32)
     present = np.ones(2, np.float32)
     no_audio = torch_backend.head(visual, None, None, present)
-    tokens = np.zeros((2, t, small_bundle.model.audio_spec.token_dim), np.float32)
-    flagged_off = torch_backend.head(visual, tokens, np.zeros(2, np.float32), present)
+    # What "no audio" was before the audio encoder was split off: zero tokens, flagged absent.
+    tokens = np.zeros((2 * t, small_bundle.model.audio_spec.token_dim), np.float32)
+    zero_tokens = torch_backend.encode_audio(tokens).reshape(2, t, -1)
+    assert zero_tokens.shape[2] == small_bundle.model.audio_feature_dim
+    flagged_off = torch_backend.head(visual, zero_tokens, np.zeros(2, np.float32), present)
     assert no_audio.shape == (2, len(EMOTIONS))
     np.testing.assert_array_equal(no_audio, flagged_off)
     visual_only = untrained_bundle("mtl_dan", window=WindowSpec(num_samples=8, context_s=1.0))
@@ -164,16 +166,17 @@ def test_export_cache_dir_log_and_reuse(small_bundle, tmp_path, monkeypatch, cap
     def fake_export(model, out_dir):
         calls.append(Path(out_dir))
         Path(out_dir).mkdir(parents=True)
-        for name in (export.FRAME_ENCODER_FILE, export.HEAD_FILE):
+        for name in (export.FRAME_ENCODER_FILE, export.AUDIO_ENCODER_FILE, export.HEAD_FILE):
             (Path(out_dir) / name).write_bytes(b"onnx")
 
     monkeypatch.setattr(export, "export_onnx", fake_export)
     with caplog.at_level(logging.INFO, logger="eri.models.export"):
         paths = export.onnx_paths(small_bundle)
     digest = export.weights_digest(small_bundle.model)
-    target = tmp_path / "cache" / "onnx" / f"dual_branch-{digest}"
+    target = tmp_path / "cache" / "onnx" / f"dual_branch-{digest}-g{export.GRAPH_VERSION}"
     assert paths == {
         "frame_encoder": target / export.FRAME_ENCODER_FILE,
+        "audio_encoder": target / export.AUDIO_ENCODER_FILE,
         "head": target / export.HEAD_FILE,
     }
     assert calls and calls[0] != target  # written beside the target, then moved into place

@@ -18,10 +18,17 @@ from onnx import helper, numpy_helper
 import eri.models.export as export_module
 from eri.models.bundle import load_bundle, save_bundle
 from eri.models.export import (
+    AUDIO_FEATURES,
+    AUDIO_TOKENS,
     FP32_TOLERANCE,
+    GRAPH_VERSION,
+    GRAPH_VERSION_KEY,
+    StaleExportError,
     compare_onnx,
     example_inputs,
+    model_cache_dir,
     onnx_error,
+    onnx_paths,
     ort_session,
     read_onnx_metadata,
 )
@@ -84,9 +91,13 @@ def test_onnx_matches_torch(arch, onnx_exports):
         onnx.checker.check_model(str(path), full_check=True)
         meta = read_onnx_metadata(path)
         assert meta["eri.architecture"] == arch and meta["eri.graph"] == graph
+        assert meta["eri.graph_version"] == str(GRAPH_VERSION)
     # Dynamic batch: compared on a batch size other than the export's (2).
     diffs = compare_onnx(export.model, export.paths, batch=3)
-    assert set(diffs) == {"frame_encoder.features", "head.intensities"}
+    want = {"frame_encoder.features", "head.intensities"}
+    if export.model.has_audio:
+        want.add("audio_encoder.audio_features")
+    assert set(diffs) == want
     assert max(diffs.values()) <= FP32_TOLERANCE, diffs
     # Batch 1 (the live path) runs too and gives the same numbers as row 0 of batch 3.
     faces = example_inputs(export.model, 3, seed=1)["faces"]
@@ -140,7 +151,8 @@ def _export_by_copying(monkeypatch, export, factor: float = 1.0) -> None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {g: out_dir / p.name for g, p in export.paths.items()}
-        shutil.copyfile(export.paths["frame_encoder"], paths["frame_encoder"])
+        for graph in paths.keys() - {"head"}:
+            shutil.copyfile(export.paths[graph], paths[graph])
         if factor == 1.0:
             shutil.copyfile(export.paths["head"], paths["head"])
         else:
@@ -202,3 +214,88 @@ def test_eri_export_offers_only_built_formats(small_model, tmp_path, capsys):
         assert f"invalid choice: '{name}'" in err
         assert all(f"'{ok}'" in err for ok in available_formats())
     assert not (bundle / "frame_encoder.onnx").exists()
+
+
+# ------------------------------------------------------------------------------ audio encoder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["cnn_lstm", "dual_branch"])
+def test_audio_encoder_graph_is_per_token(arch, onnx_exports):
+    """The audio encoder graph takes any number of tokens [N, F] and gives torch's
+    ``encode_audio`` of each, and the head takes those features [B, T, A]."""
+    export = onnx_exports[arch]
+    model = export.model
+    assert set(export.paths) == {"frame_encoder", "audio_encoder", "head"}
+    session = ort_session(export.paths["audio_encoder"])
+    assert [i.name for i in session.get_inputs()] == [AUDIO_TOKENS]
+    head_inputs = [i.name for i in ort_session(export.paths["head"]).get_inputs()]
+    assert head_inputs == ["visual", AUDIO_FEATURES, "audio_present", "visual_present"]
+    t = model.window.num_samples
+    tokens = (300 * np.random.default_rng(3).standard_normal((2 * t, 1024))).astype(np.float32)
+    with torch.no_grad():
+        ref = model.encode_audio(torch.from_numpy(tokens).view(2, t, -1)).numpy()
+    for n in (1, 5, 2 * t):  # the streaming step's one token, a few, whole windows
+        got = session.run(None, {AUDIO_TOKENS: tokens[:n]})[0]
+        assert got.shape == (n, model.audio_feature_dim)
+        assert onnx_error(got, ref.reshape(2 * t, -1)[:n]) <= FP32_TOLERANCE
+
+
+def _stale_copy(src: Path, dst: Path) -> Path:
+    """``src`` as an export from before the audio encoder was split off (no graph version)."""
+    proto = onnx.load(str(src))
+    keep = [p for p in proto.metadata_props if p.key != GRAPH_VERSION_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    onnx.save_model(proto, str(dst))
+    return dst
+
+
+@pytest.mark.slow
+def test_stale_bundle_export_is_refused(onnx_exports, small_model, tmp_path):
+    """A bundle's own export of the old graph version is never run: refused with one sentence
+    naming the file and `eri export`."""
+    from eri.models.bundle import record_export
+
+    export = onnx_exports["dual_branch"]
+    bundle_dir = save_bundle(small_model("dual_branch"), tmp_path / "b")
+    for graph, path in export.paths.items():
+        dst = bundle_dir / path.name
+        if graph == "head":
+            _stale_copy(path, dst)
+        else:
+            shutil.copyfile(path, dst)
+        record_export(bundle_dir, dst.name, {"file": dst.name, "format": "onnx", "graph": graph})
+    with pytest.raises(StaleExportError) as exc:
+        onnx_paths(load_bundle(bundle_dir))
+    message = str(exc.value)
+    assert str(bundle_dir / "head.onnx") in message and "eri export" in message
+    assert message.count(".") >= 1 and "\n" not in message
+    # An old bundle holding only the two old graphs is refused the same way.
+    (bundle_dir / "audio_encoder.onnx").unlink()
+    with pytest.raises(StaleExportError, match="head.onnx"):
+        onnx_paths(load_bundle(bundle_dir))
+
+
+@pytest.mark.slow
+def test_stale_cached_export_is_remade(onnx_exports, small_model, monkeypatch, tmp_path):
+    """The export cache folder carries the graph version: an old cached export (the folder
+    without it) is never used, a new export is made beside it."""
+    from eri.models.bundle import untrained_bundle
+
+    export = onnx_exports["dual_branch"]
+    monkeypatch.setenv("ERI_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = untrained_bundle("dual_branch", window=small_model("dual_branch").window)
+    bundle.model.load_state_dict(export.model.state_dict())
+    target = model_cache_dir(bundle.model)
+    assert target.name.endswith(f"-g{GRAPH_VERSION}")
+    old = target.with_name(target.name.rsplit("-g", 1)[0])  # where version 1 cached its files
+    old.mkdir(parents=True)
+    for name in ("frame_encoder.onnx", "head.onnx"):
+        _stale_copy(export.paths["head" if name == "head.onnx" else "frame_encoder"], old / name)
+    _export_by_copying(monkeypatch, export)
+    paths = onnx_paths(bundle)
+    assert {p.parent for p in paths.values()} == {target}
+    assert all(
+        read_onnx_metadata(p)[GRAPH_VERSION_KEY] == str(GRAPH_VERSION) for p in paths.values()
+    )

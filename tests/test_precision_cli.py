@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from eri.calibration import (
 )
 from eri.models.bundle import load_bundle, record_export, save_bundle
 from eri.models.export import (
+    AUDIO_FEATURES,
     AUDIO_PRESENT,
     AUDIO_TOKENS,
     FACES,
@@ -59,9 +61,8 @@ def _bundle_with_fp32(onnx_exports, folder: Path) -> Path:
 def _calibration_arrays(model, seed: int = 10):
     """8 windows and 16 crops at real scales (speech-like and silent audio tokens)."""
     probe = probe_inputs(model, batch=8, seed=seed)
-    return from_arrays(
-        probe[FACES][:16], probe[VISUAL], probe.get(AUDIO_TOKENS), probe.get(AUDIO_PRESENT)
-    )
+    tokens = probe[AUDIO_TOKENS].reshape(*probe[VISUAL].shape[:2], -1)  # windows [B, T, F]
+    return from_arrays(probe[FACES][:16], probe[VISUAL], tokens, probe.get(AUDIO_PRESENT))
 
 
 def _variant_files(folder: Path) -> list[str]:
@@ -97,6 +98,8 @@ def exported(onnx_exports, tmp_path_factory):
 def test_export_fp16_and_int8_write_and_record(exported):
     bundle, _ = exported
     assert _variant_files(bundle) == [
+        "audio_encoder_fp16.onnx",
+        "audio_encoder_int8.onnx",
         "frame_encoder_fp16.onnx",
         "frame_encoder_int8.onnx",
         "head_fp16.onnx",
@@ -113,7 +116,9 @@ def test_export_check_prints_results(exported):
     fp16, int8 = exported[1]["onnx-fp16"], exported[1]["onnx-int8"]
     assert "head.intensities" in fp16 and "end_to_end.intensities" in fp16
     assert "OK: within 0.005" in fp16
+    assert "audio_encoder.audio_features" in fp16
     assert "end_to_end.intensities" in int8 and "OK: within 0.05" in int8
+    assert re.search(r"audio_encoder\.audio_features on \d+ held-out audio tokens", int8)
     # The per-emotion correlation on the 2 windows held out of calibration (of 8).
     assert "over 2 held-out windows" in int8
     assert all(f"  {e}" in int8 for e in ("adoration", "surprise"))
@@ -255,12 +260,15 @@ def test_backend_loads_the_bundles_variant(exported, precision, tolerance, caplo
         backend = create_backend(bundle, "onnxruntime", precision)
     assert str(exported[0] / f"frame_encoder_{precision}.onnx") in caplog.text
     assert str(exported[0] / f"head_{precision}.onnx") in caplog.text
+    assert str(exported[0] / f"audio_encoder_{precision}.onnx") in caplog.text
     assert backend.precision == precision and "fp32" not in backend.describe()
     probe = probe_inputs(bundle.model, batch=2, seed=30)
     ref = torch_reference(bundle.model, probe)
     features = backend.encode_frames(probe[FACES])
+    audio = backend.encode_audio(probe[AUDIO_TOKENS])
     # End to end as the pipeline runs it: the variant's features into the variant's head.
     e2e = dict(probe, **{VISUAL: features.reshape(probe[VISUAL].shape)})
+    e2e[AUDIO_FEATURES] = audio.reshape(probe[AUDIO_FEATURES].shape)
     got = backend.head(*head_args(e2e))
     bound = tolerance * np.abs(ref["head"]).max() if precision == "fp16" else tolerance
     assert np.abs(got - ref["head"]).max() <= bound
@@ -281,7 +289,7 @@ def test_fp16_made_on_demand_in_the_cache(onnx_exports, small_model, caplog):
     with caplog.at_level("INFO", logger="eri"):
         backend = create_backend(bundle, "onnxruntime", "fp16")
     assert f"loading {target / 'frame_encoder_fp16.onnx'}" in caplog.text
-    assert (target / "head_fp16.onnx").is_file()
+    assert (target / "head_fp16.onnx").is_file() and (target / "audio_encoder_fp16.onnx").is_file()
     probe = probe_inputs(model, batch=2, seed=30)
     ref = torch_reference(model, probe)["head"]
     got = backend.head(*head_args(probe))

@@ -35,7 +35,7 @@ from eri.models.engine import (
     read_plan,
     write_engine,
 )
-from eri.models.export import FACES, head_args, weights_digest
+from eri.models.export import FACES, GRAPH_FILES, GRAPH_VERSION, head_args, weights_digest
 from eri.realtime.backends import BackendError, choose_backend, create_backend
 from eri.realtime.variants import find_engines
 
@@ -52,13 +52,15 @@ def _forge(
     *,
     precision: str = "fp16",
     name_for: EngineDevice | None = None,
+    graph_version: int = GRAPH_VERSION,
 ) -> dict[str, Path]:
-    """Engine files for both graphs with headers naming ``device`` (file names for
+    """Engine files for the three graphs with headers naming ``device`` (file names for
     ``name_for``, default the same device)."""
     paths = {}
-    for graph, onnx in (("frame_encoder", "frame_encoder.onnx"), ("head", "head.onnx")):
+    for graph, onnx in GRAPH_FILES.items():
         path = folder / engine_file_name(onnx, precision, name_for or device)
         meta = {"graph": graph, "precision": precision, "architecture": ARCH, "weights": weights}
+        meta["graph_version"] = graph_version
         write_engine(path, PLAN, {**meta, **device_header(device), "profiles": [[1, 1, 1]]})
         paths[graph] = path
     return paths
@@ -120,6 +122,18 @@ def test_forged_engine_is_refused_with_one_sentence(tmp_path, device, weights, p
     assert says in text and str(path) in text
     assert text.endswith("rebuild it on this machine with `eri export B --format engine-fp16`.")
     assert text.count(". ") == 0  # one sentence
+
+
+def test_engine_of_the_old_graph_version_is_refused(tmp_path):
+    """An engine built before the audio encoder was split off (no graph version in its header:
+    version 1, whose head took raw tokens) is refused with one sentence."""
+    path = _forge(tmp_path, H100, "w", graph_version=1)["head"]
+    with pytest.raises(EngineError) as exc:
+        check_engine(read_engine_header(path), H100, weights="w", precision="fp16", bundle="B")
+    text = str(exc.value)
+    assert f"was built from graph version 1, not {GRAPH_VERSION}" in text and str(path) in text
+    assert text.endswith("rebuild it on this machine with `eri export B --format engine-fp16`.")
+    assert text.count(". ") == 0
 
 
 def test_truncated_engine_is_refused(tmp_path):
@@ -412,6 +426,7 @@ def test_builder_profiles_timing_cache_and_header(fake_trt, tmp_path):
     assert read_engine_header(out) == header and read_plan(header) == PLAN
     assert header.device == H100 and header.graph == "head" and header.onnx == "head.onnx"
     assert header.profiles == [[1, 1, 1], [2, 4, 8]]
+    assert header.graph_version == GRAPH_VERSION
     # fp16 keeps the builder's defaults: the precision is in the ONNX (strongly typed).
     fake.calls.clear()
     build_engine(
@@ -463,7 +478,7 @@ def test_engines_build_load_and_match_torch(trt_bundle, tmp_path):
     device = current_device()
     meta = {"architecture": ARCH, "weights": weights_digest(bundle.model)}
     paths = {}
-    for graph in ("frame_encoder", "head"):
+    for graph in ("frame_encoder", "audio_encoder", "head"):
         paths[graph] = tmp_path / engine_file_name(f"{graph}.onnx", "fp32", device)
         header = build_engine(
             trt_bundle / f"{graph}.onnx",
@@ -481,6 +496,11 @@ def test_engines_build_load_and_match_torch(trt_bundle, tmp_path):
     features = backend.encode_frames(probe[FACES])
     scale = max(1.0, float(np.abs(ref["frame_encoder"]).max()))
     assert np.abs(features - ref["frame_encoder"]).max() <= ENGINE_FP32_TOLERANCE * scale
+    audio = backend.encode_audio(probe["audio_tokens"])  # 64 tokens: the second profile
+    scale = max(1.0, float(np.abs(ref["audio_encoder"]).max()))
+    assert np.abs(audio - ref["audio_encoder"]).max() <= ENGINE_FP32_TOLERANCE * scale
+    one = backend.encode_audio(probe["audio_tokens"][:1])  # the streaming step's one token
+    assert np.abs(one - ref["audio_encoder"][:1]).max() <= ENGINE_FP32_TOLERANCE * scale
     single = [backend.head(*head_args({k: v[:1] for k, v in probe.items()})) for _ in range(4)]
     assert backend.head_engine.profiles[0].graph is not None  # captured after the 2nd call
     assert all(np.array_equal(single[0], s) for s in single[1:])  # replay == uncaptured

@@ -216,7 +216,8 @@ class PipelineWorker:
     # ------------------------------------------------------------------ worker thread
     def _load(self) -> None:
         from eri.models.bundle import load_bundle
-        from eri.realtime.backends import cpu_threads, create_backend
+        from eri.realtime.backend_process import live_backend
+        from eri.realtime.backends import cpu_threads
 
         if self.bundle is None:
             cfg = self.config
@@ -226,7 +227,7 @@ class PipelineWorker:
                 log.warning("%s", note)
         if self.backend is None:
             threads = self.config.threads or cpu_threads()
-            self.backend = create_backend(
+            self.backend = live_backend(
                 self.bundle, self.config.backend, self.config.precision, threads=threads
             )
         b = self.backend
