@@ -44,3 +44,12 @@ if "$py" -c 'import eri.realtime.face, mediapipe, av' 2>/dev/null; then
     --mode streaming,recompute --frames 128 --repeats 2 --no-progress \
     --json benchmarks/results/gpu_pipeline.json
 fi
+
+# The training row: one epoch per stage of the dual_branch recipe, fp16 autocast (and fp32 for
+# comparison), from the windows `python benchmarks/gpu_train.py pack` preprocessed beforehand
+# (it needs MediaPipe and PyAV; carry benchmarks/results/gpu_train_pack/ to this machine).
+if [ -f benchmarks/results/gpu_train_pack/pack.json ]; then
+  "$py" benchmarks/gpu_train.py run --fp32 --json benchmarks/results/gpu_train.json
+else
+  echo "no benchmarks/results/gpu_train_pack: training row skipped (make it with gpu_train.py pack)"
+fi

@@ -57,6 +57,9 @@ AUDIO_NORMS = ("token", "dataset")
 #: Smallest standard deviation a dataset z-score divides by (a feature constant over the
 #: training data, such as zero padding, would otherwise divide by zero).
 AUDIO_STD_FLOOR = 1e-3
+#: The epsilon of the dataset z-score's BatchNorm form (positive: some torch releases refuse 0),
+#: subtracted from the variance first, so the divisor stays the stored std.
+AUDIO_NORM_EPS = 1e-12
 
 
 class ModelConfigError(EriError, ValueError):
@@ -281,8 +284,12 @@ class StreamingModel(nn.Module):
         ``BatchNormalization`` node: the fp16/int8 exports recognise it as the first
         normalisation of the audio front and keep it (and the raw tokens) in fp32.
         """
-        var = self.audio_std.square()
-        x = F.batch_norm(tokens.transpose(1, 2), self.audio_mean, var, None, None, False, 0.0, 0.0)
+        # Some torch releases refuse eps = 0; var + eps is std^2 again (exactly, in float32,
+        # wherever std^2 is more than ~1e4 x eps, i.e. every std above the floor's 10x).
+        var = self.audio_std.square() - AUDIO_NORM_EPS
+        x = F.batch_norm(
+            tokens.transpose(1, 2), self.audio_mean, var, None, None, False, 0.0, AUDIO_NORM_EPS
+        )
         return x.transpose(1, 2)
 
     # ------------------------------------------------------------------ the split
