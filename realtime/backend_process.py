@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -217,6 +218,9 @@ def live_backend(bundle: Any, name: str, precision: str, threads: int) -> Backen
 
 
 def _main(address: str) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when this child
+    # stops (it closes the pipe or sends None), so a recording can still finish cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     conn = Client(address, authkey=bytes.fromhex(os.environ.pop(AUTHKEY_ENV)))
     try:

@@ -4,6 +4,8 @@ process, errors carried back, clean stop."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +51,15 @@ def test_child_errors_come_back_with_their_message(remote):
     with pytest.raises(Exception, match=r"size|shape|channels|expected"):
         remote.encode_frames(np.zeros((1, 5, 7, 7), np.float32))
     # The child keeps serving after an error.
+    s = remote.model.crop.size
+    assert remote.encode_frames(np.zeros((1, 3, s, s), np.float32)).shape[0] == 1
+
+
+def test_ctrl_c_in_the_terminal_leaves_the_child_to_the_parent(remote):
+    """SIGINT reaches a terminal's whole process group; the child ignores it, so the parent
+    can still finish (e.g. the last steps of a recording) and stop it itself."""
+    os.kill(remote.pid, signal.SIGINT)
+    time.sleep(0.5)
     s = remote.model.crop.size
     assert remote.encode_frames(np.zeros((1, 3, s, s), np.float32)).shape[0] == 1
 
