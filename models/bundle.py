@@ -244,8 +244,19 @@ def load_bundle(path: str | Path | None, *, arch: str = DEFAULT_ARCH) -> Bundle:
         raise BundleError(f"Bundle {path} has a config this code cannot build ({exc}).") from None
     weights = path / meta.get("weights", WEIGHTS_FILE)
     _check_weights_architecture(weights, meta["architecture"])
+    state = read_state_dict(weights)
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    if missing and state and all(k in own for k in state):
+        # Every stored tensor fits and some are absent: written before the model gained them.
+        raise BundleError(
+            f"Bundle {path} was saved by an earlier version of ERI Live, before "
+            f"{meta['architecture']} gained {len(missing)} tensor(s) (e.g. {missing[:2]}); "
+            f"re-create it with `eri bundle --arch {meta['architecture']} --out DIR` or retrain "
+            "it with `eri train`."
+        )
     try:
-        load_into(model, read_state_dict(weights), source=str(weights), strict=True)
+        load_into(model, state, source=str(weights), strict=True)
     except WeightsError as exc:
         raise BundleError(str(exc)) from None
     model.eval()

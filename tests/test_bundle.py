@@ -95,6 +95,24 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         load_bundle(a)
 
 
+def test_a_bundle_from_before_new_tensors_says_to_recreate_it(tmp_path):
+    """Weights that fit but lack tensors the model gained later (e.g. the audio statistics of
+    dataset normalisation): one sentence naming the bundle and the command that re-makes it."""
+    from safetensors.torch import load_file, save_file
+
+    path = save_bundle(create_model("dual_branch", **SMALL), tmp_path / "b")
+    weights = path / "weights.safetensors"
+    state = load_file(weights)
+    dropped = sorted(k for k in state if k.startswith("audio_"))[:2] or sorted(state)[-1:]
+    for k in dropped:
+        del state[k]
+    save_file(state, weights, metadata={"architecture": "dual_branch", "format_version": "1"})
+    with pytest.raises(
+        BundleError, match=r"earlier version of ERI Live.*eri bundle --arch dual_branch"
+    ):
+        load_bundle(path)
+
+
 def test_mismatched_shapes_are_refused(tmp_path):
     path = save_bundle(create_model("dual_branch", **SMALL), tmp_path / "b")
     meta = json.loads((path / "bundle.json").read_text())
