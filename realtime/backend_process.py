@@ -102,7 +102,14 @@ def _shutdown(conn: Any, proc: subprocess.Popen) -> None:
 def _accept(listener: Listener, proc: subprocess.Popen, timeout_s: float) -> Any:
     """The child's connection, or None if it exited or did not connect in time."""
     box: list[Any] = []
-    thread = threading.Thread(target=lambda: box.append(listener.accept()), daemon=True)
+
+    def accept() -> None:
+        try:
+            box.append(listener.accept())
+        except (OSError, EOFError):  # the listener closed: the child never connected
+            pass
+
+    thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     waited = 0.0
     while thread.is_alive() and waited < timeout_s and proc.poll() is None:

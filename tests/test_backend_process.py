@@ -80,6 +80,14 @@ def test_a_child_that_cannot_build_its_backend_raises_here(bundle):
         ProcessBackend(bundle, "torch", "int8", threads=1)
 
 
+def test_a_child_that_dies_before_connecting_is_one_sentence(bundle, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once with code 1
+    with pytest.raises(BackendError, match=r"exit code 1\) did not connect"):
+        ProcessBackend(bundle, "torch", "fp32", threads=1)
+
+
 def test_live_backend_moves_only_cpu_torch_to_a_process(bundle):
     torch_live = live_backend(bundle, "torch", "fp32", threads=1)
     try:
