@@ -122,18 +122,29 @@ def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
     return {name: data[:, i] for i, name in enumerate(header)}
 
 
-def _spans(times: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
-    """Contiguous [start, end) time spans where ``mask`` [N] is True; a span that runs to the
-    end closes one frame period after the last time."""
+def spans(
+    times: np.ndarray, mask: np.ndarray, *, close_after_last: bool = False
+) -> list[tuple[float, float]]:
+    """Contiguous (start, end) time spans where ``mask`` [N] is True over ``times`` [N]; a span
+    ends at the time of the first sample after it. One that runs to the end closes at the last
+    time (the viewer's shading), or with ``close_after_last`` one frame period after it (the
+    report, so a lost last frame still shows)."""
     times = np.asarray(times, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
+    if times.size == 0 or not mask.any():
         return []
-    edges = np.diff(np.concatenate(([False], mask, [False])).astype(np.int8))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # ends exclusive
-    last = times[-1] + (times[-1] - times[-2] if len(times) > 1 else 0.04)
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]  # ends exclusive
+    last = times[-1]
+    if close_after_last:
+        last += times[-1] - times[-2] if len(times) > 1 else 0.04
     end_times = np.append(times, last)[ends]
     return [(float(a), float(b)) for a, b in zip(times[starts], end_times)]
+
+
+def _spans(times: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
+    """:func:`spans` as the report draws them (a run to the end closes a frame period later)."""
+    return spans(times, mask, close_after_last=True)
 
 
 def envelope(times: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:

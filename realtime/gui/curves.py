@@ -12,6 +12,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from eri.models.spec import EMOTIONS
+from eri.realtime.outputs import spans
 
 #: One colour per emotion, in EMOTIONS order (Tableau 10, readable on a dark background).
 COLORS: tuple[str, ...] = (
@@ -26,20 +27,6 @@ COLORS: tuple[str, ...] = (
 SHORT_NAMES: tuple[str, ...] = ("ad", "am", "an", "di", "em", "fe", "su")
 FACE_LOST_BRUSH = (200, 60, 60, 60)
 DEFAULT_WINDOW_S = 30.0
-
-
-def spans(times: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
-    """Contiguous (start, end) time spans where ``mask`` is True; a span ends at the next
-    time after its last True sample (or at the last sample)."""
-    out: list[tuple[float, float]] = []
-    if times.size == 0:
-        return out
-    m = np.concatenate([[False], mask.astype(bool), [False]])
-    edges = np.flatnonzero(np.diff(m.astype(np.int8)))
-    for a, b in zip(edges[::2], edges[1::2]):
-        end = times[b] if b < times.size else times[-1]
-        out.append((float(times[a]), float(end)))
-    return out
 
 
 class CurvesWidget(QtWidgets.QWidget):
