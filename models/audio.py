@@ -453,11 +453,10 @@ class StreamingFrontEnd:
         )
 
     def tokens(self, sample_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens [T, spec.token_dim] float32 and present [T] bool, as :func:`tokens_at`."""
-        order = self._order()
-        rows, present = _token_rows(self._ends[order], sample_times, self.spec.stack)
-        slots = np.where(rows >= 0, order[np.maximum(rows, 0)] if order.size else 0, -1)
-        return _gather(self._frames, slots), present
+        """Tokens [T, spec.token_dim] float32 and present [T] bool, as :func:`tokens_at`: the
+        tokens of :meth:`token_keys`, present where a held frame was finished by the time."""
+        keys = self.token_keys(sample_times)
+        return self.tokens_for_keys(keys), keys > self.dropped_frames
 
     def token_keys(self, sample_times: np.ndarray) -> np.ndarray:
         """The key [T] int64 of each sample time's token: ``n_done``, the absolute count of
