@@ -213,15 +213,14 @@ class ProcessBackend(Backend):
 
 def live_backend(bundle: Any, name: str, precision: str, threads: int) -> Backend:
     """The backend for live use (viewer, recorder): :func:`create_backend`'s, except that eager
-    torch on the CPU runs in a child process (:class:`ProcessBackend`)."""
-    backend = create_backend(bundle, name, precision, threads=threads)
-    if backend.name != "torch" or backend.device != "cpu":
-        return backend
-    reason = backend.reason
-    del backend  # the child builds its own copy
-    process = ProcessBackend(bundle, "torch", precision, threads)
-    process.reason = reason
-    return process
+    torch on the CPU (``torch`` named on a machine without CUDA; ``auto`` never picks it there)
+    runs in a child process (:class:`ProcessBackend`)."""
+    if name == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return ProcessBackend(bundle, "torch", precision, threads)
+    return create_backend(bundle, name, precision, threads=threads)
 
 
 def _main(address: str) -> None:
