@@ -288,14 +288,19 @@ def _end_times(first: int, n_frames: int, spec: AudioSpec, start_s: float) -> np
 # --------------------------------------------------------------------------------------------
 
 
+def _frames_done(frame_end_s: np.ndarray, sample_times: np.ndarray) -> np.ndarray:
+    """For each time [T], how many of the frames (increasing end times [n]) end at or before
+    it, with a 1e-9 s tolerance for float rounding: int64 [T]."""
+    frame_end_s = np.asarray(frame_end_s, dtype=np.float64)
+    sample_times = np.asarray(sample_times, dtype=np.float64).reshape(-1)
+    return np.searchsorted(frame_end_s, sample_times + _TIME_EPS, side="right").astype(np.int64)
+
+
 def _token_rows(
     frame_end_s: np.ndarray, sample_times: np.ndarray, stack: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frame rows [T, stack] int64 (-1 = zero padding) and present flags [T] for each time."""
-    frame_end_s = np.asarray(frame_end_s, dtype=np.float64)
-    sample_times = np.asarray(sample_times, dtype=np.float64).reshape(-1)
-    # Frames ending at or before t: a count, since frame end times are increasing.
-    n_done = np.searchsorted(frame_end_s, sample_times + _TIME_EPS, side="right")
+    n_done = _frames_done(frame_end_s, sample_times)
     rows = n_done[:, None] - stack + np.arange(stack, dtype=np.int64)[None, :]
     rows[rows < 0] = -1
     return rows, n_done > 0
@@ -463,10 +468,7 @@ class StreamingFrontEnd:
         frames finished by that time since this front end started. A token is a pure function
         of its key (:meth:`tokens_for_keys`; ``tokens(t) == tokens_for_keys(token_keys(t))``
         exactly), so a consumer may compute anything per token once per key."""
-        order = self._order()
-        times = np.asarray(sample_times, dtype=np.float64).reshape(-1)
-        held = np.searchsorted(self._ends[order], times + _TIME_EPS, side="right")
-        return held.astype(np.int64) + self.dropped_frames
+        return _frames_done(self._ends[self._order()], sample_times) + self.dropped_frames
 
     def tokens_for_keys(self, keys: np.ndarray) -> np.ndarray:
         """Tokens [N, spec.token_dim] float32 of the keys [N] (:meth:`token_keys`): frames
