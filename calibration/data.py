@@ -20,7 +20,6 @@ Two sources:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +52,6 @@ READER_BATCH = 8
 SAMPLE_SEED = 0
 
 HEAD_INPUTS = (VISUAL, AUDIO_FEATURES, AUDIO_PRESENT, VISUAL_PRESENT)
-#: Audio tokens :class:`RecordingBackend` remembers by their features (more than a window's
-#: worth of the pipeline's per-token cache, so every window it sees can be traced to tokens).
-TOKEN_MEMORY = 4096
 
 
 class CalibrationError(EriError, ValueError):
@@ -226,9 +222,9 @@ class RecordingBackend:
     """Wraps an inference backend and samples what the pipeline feeds it: the crops given to
     ``encode_frames`` and the windows given to ``head`` (either the positional
     ``head(visual, audio_features, audio_present, visual_present)`` or a dict keyed by ONNX
-    name). A window is stored with its raw audio tokens: the pipeline encodes each token once
-    (``encode_audio``), so the features a window holds are traced back to their tokens by
-    value (the last :data:`TOKEN_MEMORY` tokens encoded are remembered). Everything else is
+    name). A window is stored with its raw audio tokens, those of the ``encode_audio`` call
+    just before its ``head``: drive it with an engine that encodes every window's T tokens
+    (``StreamingEngine(cache_audio=False)``, as :func:`from_media` does). Everything else is
     delegated to the wrapped backend."""
 
     def __init__(
@@ -239,30 +235,21 @@ class RecordingBackend:
         self.token_dim = token_dim
         self.faces = _Reservoir(max_faces, rng)
         self.windows = _Reservoir(max_windows, rng)
-        self._tokens: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._tokens: np.ndarray | None = None  # [N, F] of the last encode_audio call
 
     def encode_audio(self, tokens: np.ndarray) -> np.ndarray:
-        features = np.asarray(self.inner.encode_audio(tokens), np.float32)
-        for feat, token in zip(features, np.asarray(tokens, np.float32)):
-            key = feat.tobytes()
-            self._tokens[key] = token.copy()
-            self._tokens.move_to_end(key)
-        while len(self._tokens) > TOKEN_MEMORY:
-            self._tokens.popitem(last=False)
-        return features
+        self._tokens = np.array(tokens, np.float32)
+        return self.inner.encode_audio(tokens)
 
-    def _tokens_of(self, features: np.ndarray) -> np.ndarray:
-        """The raw tokens [T, F] whose features are ``features`` [T, A]."""
-        out = []
-        for feat in np.asarray(features, np.float32):
-            token = self._tokens.get(feat.tobytes())
-            if token is None:
-                raise CalibrationError(
-                    "A window's audio features were not produced by this backend's "
-                    "encode_audio, so its tokens are unknown; calibrate through the pipeline."
-                )
-            out.append(token)
-        return np.stack(out)
+    def _window_tokens(self, features: np.ndarray) -> np.ndarray:
+        """The raw tokens [B, T, F] of the audio features [B, T, A] given to ``head``."""
+        b, t = features.shape[:2]
+        if self._tokens is None or len(self._tokens) != b * t:
+            raise CalibrationError(
+                "A window's audio features did not come from the encode_audio call just before "
+                "its head, so its tokens are unknown; calibrate through from_media."
+            )
+        return self._tokens.reshape(b, t, -1)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -290,7 +277,7 @@ class RecordingBackend:
                 tokens = np.zeros((*visual.shape[:2], self.token_dim), np.float32)
                 present = np.zeros(len(visual), np.float32)
             else:
-                tokens = np.stack([self._tokens_of(f) for f in np.asarray(features)])
+                tokens = self._window_tokens(np.asarray(features))
             window[AUDIO_TOKENS] = tokens
             window[AUDIO_PRESENT] = np.asarray(present, np.float32).reshape(-1)
         for i in range(len(visual)):
@@ -387,7 +374,8 @@ def from_media(
         source = open_source(str(path), realtime=False)
         tracker = make_tracker(bundle)
         try:
-            engine = StreamingEngine(bundle, recorder, tracker, fps=source.fps)
+            # Every window's T tokens encoded right before its head, so the recorder pairs them.
+            engine = StreamingEngine(bundle, recorder, tracker, fps=source.fps, cache_audio=False)
             with source:
                 for _ in run_offline(source, engine):
                     pass
