@@ -327,15 +327,11 @@ _VERSIONS: dict[tuple[str, int, int], str | None] = {}
 def graph_version(path: str | Path) -> str | None:
     """The ``eri.graph_version`` in the metadata of the ONNX file ``path`` (None: none, as in
     exports from before the version existed). Cached per file, size and modification time."""
-    import onnx
-
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _VERSIONS:
-        proto = onnx.load(str(path), load_external_data=False)
-        meta = {p.key: p.value for p in proto.metadata_props}
-        _VERSIONS[key] = meta.get(GRAPH_VERSION_KEY)
+        _VERSIONS[key] = read_onnx_metadata(path).get(GRAPH_VERSION_KEY)
     return _VERSIONS[key]
 
 
